@@ -1,0 +1,28 @@
+// SoftWPMI per-term math shared by the CPU and CUDA kernels (ALGORITHMS.md §1).
+//
+// A neuron's score for concept m sums log(1 + p_i (P[x_i, m] - 1) + eps) over its top images. Each
+// factor lies in [1 - p_i + eps, 1 + eps], so a product of a few of them stays a normal double: the
+// kernels multiply `group` factors and take one log, which is exact to rounding and saves most logs.
+#pragma once
+
+#include <cmath>
+
+#include "common.h"
+
+namespace neurocore {
+namespace kernels {
+
+// How many factors may be multiplied before one log, given the smallest possible factor.
+inline int64_t wpmi_group_size(double min_factor) {
+  if (!(min_factor > 0.0)) return 1;  // a factor can be 0: log each one (exactly -inf)
+  if (min_factor >= 1.0) return 64;
+  // keep the product above 1e-290, far from the subnormal range
+  const double g = std::floor(-290.0 * std::log(10.0) / std::log(min_factor));
+  return g < 1.0 ? 1 : (g > 64.0 ? 64 : static_cast<int64_t>(g));
+}
+
+// One factor 1 + q (P - 1) + eps, written as (1 - q + eps) + q P with base = 1 - q + eps.
+NC_HD double wpmi_factor(double base, double q, double prob) { return base + q * prob; }
+
+}  // namespace kernels
+}  // namespace neurocore

@@ -1,0 +1,73 @@
+"""Shared test setup: the device parametrisation and the rule for CUDA test cases.
+
+Tests that run on every device take a ``device`` argument; :func:`pytest_generate_tests` parametrises
+it over :data:`DEVICES` (tests may also use ``@pytest.mark.parametrize("device", DEVICES)``).
+Test cases marked ``cuda`` are skipped unless torch sees a GPU **and** neurocore was built with its
+CUDA kernels. With ``NEUROCORE_REQUIRE_CUDA=1`` (set on the GPU machine) a missing GPU or a CPU-only
+build fails the session instead: a silent skip there would hide an untested CUDA build.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+REQUIRE_CUDA_VAR = "NEUROCORE_REQUIRE_CUDA"
+
+
+def require_cuda() -> bool:
+    """Whether ``NEUROCORE_REQUIRE_CUDA=1`` asks for the CUDA cases to run (never to be skipped)."""
+    return os.environ.get(REQUIRE_CUDA_VAR, "").strip() == "1"
+
+
+def cuda_status() -> tuple[bool, str]:
+    """``(usable, reason)``: whether the CUDA cases can run here, and why not when they cannot."""
+    if not torch.cuda.is_available():
+        return False, (
+            f"torch.cuda.is_available() is False (torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda or 'none: a CPU-only build'})"
+        )
+    try:
+        import neurocore
+
+        built = neurocore.built_with_cuda()
+    except Exception as exc:  # a broken extension: report it rather than crash the collection
+        return False, f"neurocore could not be loaded: {exc}"
+    if not built:
+        return False, (
+            "neurocore was built without its CUDA kernels; rebuild with "
+            "`NEUROCORE_CUDA=1 pip install --no-build-isolation -e .`"
+        )
+    return True, ""
+
+
+def pytest_generate_tests(metafunc):
+    # Any test taking `device` runs on every device unless it parametrises `device` itself.
+    if "device" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        if "device" in names:
+            return
+    metafunc.parametrize("device", DEVICES)
+
+
+def pytest_collection_modifyitems(config, items):
+    usable, reason = cuda_status()
+    if require_cuda() and not usable:
+        raise pytest.UsageError(
+            f"{REQUIRE_CUDA_VAR}=1 but the CUDA tests cannot run: {reason}. Run on a machine with a GPU "
+            f"and a CUDA build of neurocore, or unset {REQUIRE_CUDA_VAR} to skip the CUDA tests."
+        )
+    if usable:
+        return
+    skip = pytest.mark.skip(reason=f"CUDA tests skipped: {reason}")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+

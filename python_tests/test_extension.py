@@ -1,0 +1,127 @@
+"""Loading neurocore._C, the errors that say how to fix a broken build, and the docstring examples."""
+
+from __future__ import annotations
+
+import doctest
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import neurocore
+from neurocore import _extension, ops
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OPS = ("topk", "topk_merge", "soft_wpmi", "lstsq_gram", "shapley_permutation")
+
+
+def test_built_with_cuda_is_a_bool():
+    assert isinstance(neurocore.built_with_cuda(), bool)
+    assert isinstance(_extension.built_with_cuda(), bool)
+
+
+def test_extension_was_built_against_the_installed_torch():
+    assert neurocore._C.torch_version == torch.__version__
+
+
+def test_load_is_cached():
+    assert _extension.load() is _extension.load() is neurocore._C
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_every_op_is_registered_with_a_wrapper(name):
+    assert hasattr(torch.ops.neurocore, name)
+    assert callable(getattr(ops, name)) and name in ops.__all__
+
+
+def test_public_names_exist():
+    for name in neurocore.__all__:
+        assert hasattr(neurocore, name), name
+    for name in ops.__all__:
+        assert hasattr(ops, name), name
+    assert issubclass(neurocore.ExtensionError, ImportError)
+
+
+# ----------------------------------------------------------------------------------------------
+# ExtensionError: what a broken or stale build reports
+
+
+@pytest.fixture
+def unloaded(monkeypatch):
+    """Forget the loaded module for one test; monkeypatch puts it (and importlib) back afterwards."""
+    monkeypatch.setattr(_extension, "_module", None)
+    return monkeypatch
+
+
+def fake_importlib(result=None, error: Exception | None = None):
+    def import_module(name, package=None):
+        assert name == "neurocore._C"
+        if error is not None:
+            raise error
+        return result
+
+    return types.SimpleNamespace(import_module=import_module)
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        pytest.param("undefined symbol: foo", "does not match the installed torch " + re.escape(torch.__version__), id="undefined-symbol"),
+        pytest.param("module compiled against ABI version 0x1000009", r"does not match the installed torch", id="abi-version"),
+        pytest.param("No module named 'neurocore._C'", r"neurocore._C is not built", id="not-built"),
+    ],
+)
+def test_load_failure_says_how_to_rebuild(unloaded, text, reason):
+    error = ImportError(text)
+    unloaded.setattr(_extension, "importlib", fake_importlib(error=error))
+    with pytest.raises(neurocore.ExtensionError, match=reason) as info:
+        _extension.load()
+    message = str(info.value)
+    assert "pip install --no-build-isolation" in message
+    assert text in message  # the original error is kept in the message ...
+    assert info.value.__cause__ is error  # ... and chained
+
+
+def test_load_rejects_a_build_for_another_torch(unloaded):
+    stale = types.SimpleNamespace(torch_version="1.0.0", built_with_cuda=lambda: False)
+    unloaded.setattr(_extension, "importlib", fake_importlib(result=stale))
+    with pytest.raises(neurocore.ExtensionError, match=r"built against torch 1\.0\.0 but torch " + re.escape(torch.__version__)) as info:
+        _extension.load()
+    assert "pip install --no-build-isolation" in str(info.value)
+    assert _extension._module is None  # a rejected module is not cached
+
+
+def test_load_failure_leaves_a_later_load_possible(unloaded):
+    unloaded.setattr(_extension, "importlib", fake_importlib(error=ImportError("undefined symbol: foo")))
+    with pytest.raises(neurocore.ExtensionError):
+        _extension.load()
+    unloaded.undo()  # the real importlib and module again
+    unloaded.setattr(_extension, "_module", None)
+    assert _extension.load() is neurocore._C
+
+
+def test_setup_py_without_torch_says_install_torch_first():
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.argv = ['setup.py', '--version']; "
+        "exec(open('setup.py').read())"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "install torch first" in proc.stderr
+    assert "pip install --no-build-isolation" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# docstring examples
+
+
+@pytest.mark.parametrize("module", [ops, _extension], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    torch.manual_seed(0)
+    result = doctest.testmod(module, verbose=False, report=True)
+    assert result.attempted > 0, f"{module.__name__} has no examples"
+    assert result.failed == 0, f"{result.failed} of {result.attempted} doctest examples failed (see stdout)"
