@@ -158,7 +158,8 @@ def soft_wpmi(
         eps: added inside the log (1e-7): a zero probability would otherwise give -inf.
 
     Returns:
-        Tensor[K, M] in sims' dtype (computed in float64 internally).
+        Tensor[K, M] in sims' dtype. Products, logs and sums are taken in float64; the softmax's
+        exponentials in sims' precision on the CPU (float32 input: ~1e-6 absolute error).
 
     Raises:
         RuntimeError: non-finite sims, indices out of range, p outside [0, 1], shape mismatches.
@@ -226,6 +227,10 @@ def gram_stats(P: torch.Tensor, Y: torch.Tensor, chunk_size: int = 8192) -> Gram
     cov = torch.zeros(M, M, dtype=torch.float64, device=P.device)
     cross = torch.zeros(M, K, dtype=torch.float64, device=P.device)
     target_var = torch.zeros(K, dtype=torch.float64, device=P.device)
+    # An exactly constant column has no variance; centring it with a rounded mean would leave noise
+    # (~1e-32) that a solver could fit with a meaningless weight.
+    constant = (P.amax(0) == P.amin(0)).to(P.device)
+    mean = torch.where(constant, P[0].double(), mean)
     for start in range(0, n, chunk_size):
         pc = P[start : start + chunk_size].double() - mean
         yc = Y[start : start + chunk_size].double() - target_mean
@@ -333,6 +338,7 @@ def shapley_permutation(
         perms (Tensor[P, D], int64): permutations of range(D) (:func:`sample_permutations`), passed
             in so that every device sees the same samples.
         link: ``"identity"``, ``"sigmoid"`` (elementwise) or ``"softmax"`` (over the C outputs).
+            Sigmoid and softmax with no permutations (P = 0) give zeros.
 
     Returns:
         Tensor[R, C, D] in x's dtype: ``phi[r, c, d]``, feature d's contribution to output c.

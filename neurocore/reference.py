@@ -136,7 +136,8 @@ def lstsq_samples(train_P, train_Y, val_P, val_Y, sets) -> LstsqResult:
         for r in range(R):
             cols = [c for c in sets[k, r].tolist() if c >= 0]
             X = torch.cat([train_P[:, cols].double(), torch.ones(train_P.shape[0], 1, dtype=torch.float64)], 1)
-            sol = torch.linalg.lstsq(X, train_Y[:, k : k + 1].double()).solution.squeeze(1)
+            # gelsd (SVD): the minimum-norm solution also for rank-deficient sets (duplicate concepts)
+            sol = torch.linalg.lstsq(X, train_Y[:, k : k + 1].double(), driver="gelsd").solution.squeeze(1)
             slots = [i for i, c in enumerate(sets[k, r].tolist()) if c >= 0]
             weights[k, r, slots] = sol[:-1]
             bias[k, r] = sol[-1]

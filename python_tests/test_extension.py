@@ -70,8 +70,14 @@ def fake_importlib(result=None, error: Exception | None = None):
 @pytest.mark.parametrize(
     "text, reason",
     [
-        pytest.param("undefined symbol: foo", "does not match the installed torch " + re.escape(torch.__version__), id="undefined-symbol"),
-        pytest.param("module compiled against ABI version 0x1000009", r"does not match the installed torch", id="abi-version"),
+        pytest.param(
+            "undefined symbol: foo",
+            "does not match the installed torch " + re.escape(torch.__version__),
+            id="undefined-symbol",
+        ),
+        pytest.param(
+            "module compiled against ABI version 0x1000009", r"does not match the installed torch", id="abi-version"
+        ),
         pytest.param("No module named 'neurocore._C'", r"neurocore._C is not built", id="not-built"),
     ],
 )
@@ -89,7 +95,8 @@ def test_load_failure_says_how_to_rebuild(unloaded, text, reason):
 def test_load_rejects_a_build_for_another_torch(unloaded):
     stale = types.SimpleNamespace(torch_version="1.0.0", built_with_cuda=lambda: False)
     unloaded.setattr(_extension, "importlib", fake_importlib(result=stale))
-    with pytest.raises(neurocore.ExtensionError, match=r"built against torch 1\.0\.0 but torch " + re.escape(torch.__version__)) as info:
+    match = r"built against torch 1\.0\.0 but torch " + re.escape(torch.__version__)
+    with pytest.raises(neurocore.ExtensionError, match=match) as info:
         _extension.load()
     assert "pip install --no-build-isolation" in str(info.value)
     assert _extension._module is None  # a rejected module is not cached

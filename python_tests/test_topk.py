@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import neurocore
-from conftest import DEVICES
 from neurocore import ops, reference
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -105,6 +104,11 @@ def test_topk_empty(device, n, K, k):
     assert_same_topk((values, indices), reference.topk(x.cpu(), k))
 
 
+def test_topk_huge_k_keeps_all_rows(device):
+    x = activations(9, 4, torch.float32, seed=15, kind="ties")
+    assert_same_topk(ops.topk(x.to(device), 2**40), reference.topk(x, 9))
+
+
 @pytest.mark.parametrize("layout", ["transposed", "strided-rows", "strided-cols"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_topk_non_contiguous(device, dtype, layout):
@@ -133,13 +137,28 @@ def test_topk_infinities(device, dtype):
     assert indices[0, 1].item() == 3 and indices[1:, 1].tolist() == [0, 1, 2, 4, 5, 6, 7]
 
 
+@pytest.mark.parametrize("n", [60, 3000], ids=["small", "tall"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_topk_mostly_minus_inf(device, dtype, n):
+    # fewer finite values than k in most row ranges: -inf rows still rank by index, and before
+    # nothing (the kernel's empty heap slots never reach the output)
+    x = torch.full((n, 3), float("-inf"), dtype=dtype)
+    g = generator(12)
+    rows = torch.randperm(n, generator=g)[:4]
+    x[rows, 0] = torch.randn(4, generator=g).to(dtype)
+    x[rows[:2], 2] = float("inf")
+    for k in (1, 7, 40):
+        assert_same_topk(ops.topk(x.to(device), k), reference.topk(x, k))
+
+
 @pytest.mark.parametrize("k", [1, 3, 50])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("n, K, col", [(40, 3, 1), (3000, 2, 1), (30, 600, 550)], ids=["small", "tall", "wide"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_topk_nan_raises(device, dtype, where, k):
-    x = activations(40, 3, dtype, seed=11)
-    row = {"first": 0, "middle": 17, "last": 39}[where]
-    x[row, 1] = float("nan")
+def test_topk_nan_raises(device, dtype, n, K, col, where, k):
+    x = activations(n, K, dtype, seed=11)
+    row = {"first": 0, "middle": n // 2 - 3, "last": n - 1}[where]
+    x[row, col] = float("nan")
     with pytest.raises(RuntimeError, match="NaN"):
         ops.topk(x.to(device), k)
 
@@ -196,6 +215,17 @@ def test_topk_merge_matches_reference(device, dtype, k, kind):
     expected = reference.topk_merge(va.cpu(), ia.cpu(), vb.cpu(), ib.cpu(), k=k)
     assert out[0].shape == (min(k, 12), 6)
     assert_same_topk(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
+def test_topk_merge_long_parts(device, dtype):
+    # parts much longer than k (the CPU kernel then splits the rows over threads and merges)
+    x = activations(4000, 3, dtype, seed=13, kind="ties")
+    va, ia = ops.topk(x[:2500].to(device), 2500)
+    vb, ib = ops.topk(x[2500:].to(device), 1500)
+    for k in (1, 5, 64):
+        out = ops.topk_merge(va, ia, vb, ib + 2500, k=k)
+        assert_same_topk(out, reference.topk(x, k))
 
 
 def test_topk_merge_default_k(device):

@@ -113,24 +113,10 @@ NC_CPU_CLONES void tile_scores(const double* sims, int64_t N, int64_t M, const i
 template <typename T>
 void tile_marginal(const double* buf, int64_t K, int64_t width, double lam, int64_t M, int64_t m0,
                    T* out) {
-  double mx[kTile], total[kTile];
   for (int64_t t = 0; t < width; ++t) {
-    mx[t] = -INFINITY;
-    total[t] = 0.0;
+    const double shift = kernels::wpmi_marginal_shift(buf + t, K, width, lam);
+    for (int64_t j = 0; j < K; ++j) out[j * M + m0 + t] = static_cast<T>(buf[j * width + t] - shift);
   }
-  for (int64_t j = 0; j < K; ++j)
-    for (int64_t t = 0; t < width; ++t) mx[t] = std::max(mx[t], buf[j * width + t]);
-  for (int64_t j = 0; j < K; ++j)
-    for (int64_t t = 0; t < width; ++t)
-      total[t] += std::isinf(mx[t]) ? 1.0 : fast_exp(buf[j * width + t] - mx[t]);
-  const double log_k = std::log(static_cast<double>(K));
-  for (int64_t t = 0; t < width; ++t) {
-    // all -inf (every factor 0): the marginal is -inf as well; keep the scores themselves
-    total[t] = std::isinf(mx[t]) ? 0.0 : lam * (mx[t] + std::log(total[t]) - log_k);
-  }
-  for (int64_t j = 0; j < K; ++j)
-    for (int64_t t = 0; t < width; ++t)
-      out[j * M + m0 + t] = static_cast<T>(buf[j * width + t] - total[t]);
 }
 
 at::Tensor soft_wpmi_cpu(const at::Tensor& sims_in, const at::Tensor& topk_idx_in,

@@ -139,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor> topk_rows_cpu(const at::Tensor& values,
 std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& x, int64_t k) {
   check_topk_args(x, k);
   auto out = topk_rows_cpu(x, c10::nullopt, k);
-  check_topk_output_finite(std::get<0>(out), "topk");
+  check_topk_output_finite(std::get<0>(out), x, "topk");
   return out;
 }
 
@@ -148,8 +148,9 @@ std::tuple<at::Tensor, at::Tensor> topk_merge_cpu(const at::Tensor& values_a,
                                                   const at::Tensor& values_b,
                                                   const at::Tensor& indices_b, int64_t k) {
   check_topk_merge_args(values_a, indices_a, values_b, indices_b, k);
-  auto out = topk_rows_cpu(at::cat({values_a, values_b}), at::cat({indices_a, indices_b}), k);
-  check_topk_output_finite(std::get<0>(out), "topk_merge");
+  const at::Tensor values = at::cat({values_a, values_b});
+  auto out = topk_rows_cpu(values, at::cat({indices_a, indices_b}), k);
+  check_topk_output_finite(std::get<0>(out), values, "topk_merge");
   return out;
 }
 

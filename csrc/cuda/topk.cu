@@ -47,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor> topk_rows_cuda(const at::Tensor& values,
 std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& x, int64_t k) {
   check_topk_args(x, k);
   auto out = topk_rows_cuda(x, c10::nullopt, k);
-  check_topk_output_finite(std::get<0>(out), "topk");
+  check_topk_output_finite(std::get<0>(out), x, "topk");
   return out;
 }
 
@@ -56,8 +56,9 @@ std::tuple<at::Tensor, at::Tensor> topk_merge_cuda(const at::Tensor& values_a,
                                                    const at::Tensor& values_b,
                                                    const at::Tensor& indices_b, int64_t k) {
   check_topk_merge_args(values_a, indices_a, values_b, indices_b, k);
-  auto out = topk_rows_cuda(at::cat({values_a, values_b}), at::cat({indices_a, indices_b}), k);
-  check_topk_output_finite(std::get<0>(out), "topk_merge");
+  const at::Tensor values = at::cat({values_a, values_b});
+  auto out = topk_rows_cuda(values, at::cat({indices_a, indices_b}), k);
+  check_topk_output_finite(std::get<0>(out), values, "topk_merge");
   return out;
 }
 

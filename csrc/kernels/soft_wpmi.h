@@ -24,5 +24,17 @@ inline int64_t wpmi_group_size(double min_factor) {
 // One factor 1 + q (P - 1) + eps, written as (1 - q + eps) + q P with base = 1 - q + eps.
 NC_HD double wpmi_factor(double base, double q, double prob) { return base + q * prob; }
 
+// lam * (logsumexp_j L[j] - log K) for one concept, with L[j] at L[j * stride]: what the marginal
+// over the call's neurons subtracts from every neuron's score. When every L[j] is -inf (all
+// factors 0) the marginal is -inf too; 0 is returned so the scores stay -inf rather than NaN.
+NC_HD double wpmi_marginal_shift(const double* L, int64_t K, int64_t stride, double lam) {
+  double mx = -INFINITY;
+  for (int64_t j = 0; j < K; ++j) mx = L[j * stride] > mx ? L[j * stride] : mx;
+  if (mx == -INFINITY) return 0.0;
+  double total = 0.0;
+  for (int64_t j = 0; j < K; ++j) total += fast_exp(L[j * stride] - mx);
+  return lam * (mx + log(total) - log(static_cast<double>(K)));
+}
+
 }  // namespace kernels
 }  // namespace neurocore
