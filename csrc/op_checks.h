@@ -74,6 +74,37 @@ inline void check_topk_merge_args(const at::Tensor& values_a, const at::Tensor& 
   TORCH_CHECK(k >= 0, "neurocore.topk_merge: k must be >= 0; got ", k);
 }
 
+// NaN ranks first in the top-k ordering, so checking the (small) output finds any NaN input. With
+// nothing selected (k = 0) the input itself is checked.
+inline void check_topk_output_finite(const at::Tensor& values, const at::Tensor& input, const char* op) {
+  const at::Tensor& seen = values.numel() > 0 || input.numel() == 0 ? values : input;
+  if (seen.numel() == 0) return;
+  TORCH_CHECK(!seen.isnan().any().item<bool>(), "neurocore.", op,
+              ": the input contains NaN activations; remove or replace them (torch.nan_to_num) "
+              "before selecting the top k");
+}
+
+// topk and topk_merge around a back end's `rows(values, optional indices, k)` selection: the checks
+// and the NaN report are the same on every device.
+template <typename Rows>
+std::tuple<at::Tensor, at::Tensor> run_topk(const at::Tensor& x, int64_t k, Rows rows) {
+  check_topk_args(x, k);
+  auto out = rows(x, c10::nullopt, k);
+  check_topk_output_finite(std::get<0>(out), x, "topk");
+  return out;
+}
+
+template <typename Rows>
+std::tuple<at::Tensor, at::Tensor> run_topk_merge(const at::Tensor& values_a, const at::Tensor& indices_a,
+                                                  const at::Tensor& values_b, const at::Tensor& indices_b,
+                                                  int64_t k, Rows rows) {
+  check_topk_merge_args(values_a, indices_a, values_b, indices_b, k);
+  const at::Tensor values = at::cat({values_a, values_b});
+  auto out = rows(values, at::cat({indices_a, indices_b}), k);
+  check_topk_output_finite(std::get<0>(out), values, "topk_merge");
+  return out;
+}
+
 inline void check_soft_wpmi_args(const at::Tensor& sims, const at::Tensor& topk_idx,
                                  const at::Tensor& p, double a, double lam, double eps) {
   check_dim(sims, 2, "sims", "[N images, M concepts]");
@@ -238,16 +269,6 @@ inline void check_all_finite_rows(bool finite, const char* op, const char* name)
   TORCH_CHECK(finite, "neurocore.", op, ": ", name,
               " contains NaN or infinite values; similarities must be finite (check the encoder's "
               "output, or use torch.nan_to_num)");
-}
-
-// NaN ranks first in the top-k ordering, so checking the (small) output finds any NaN input. With
-// nothing selected (k = 0) the input itself is checked.
-inline void check_topk_output_finite(const at::Tensor& values, const at::Tensor& input, const char* op) {
-  const at::Tensor& seen = values.numel() > 0 || input.numel() == 0 ? values : input;
-  if (seen.numel() == 0) return;
-  TORCH_CHECK(!seen.isnan().any().item<bool>(), "neurocore.", op,
-              ": the input contains NaN activations; remove or replace them (torch.nan_to_num) "
-              "before selecting the top k");
 }
 
 }  // namespace neurocore

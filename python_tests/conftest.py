@@ -71,3 +71,8 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
 
+
+
+def pytest_report_header(config):
+    usable, reason = cuda_status()
+    return f"neurocore CUDA tests: {'run' if usable else 'skipped: ' + reason}"

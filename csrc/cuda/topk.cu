@@ -45,21 +45,13 @@ std::tuple<at::Tensor, at::Tensor> topk_rows_cuda(const at::Tensor& values,
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& x, int64_t k) {
-  check_topk_args(x, k);
-  auto out = topk_rows_cuda(x, c10::nullopt, k);
-  check_topk_output_finite(std::get<0>(out), x, "topk");
-  return out;
+  return run_topk(x, k, topk_rows_cuda);
 }
 
-std::tuple<at::Tensor, at::Tensor> topk_merge_cuda(const at::Tensor& values_a,
-                                                   const at::Tensor& indices_a,
-                                                   const at::Tensor& values_b,
-                                                   const at::Tensor& indices_b, int64_t k) {
-  check_topk_merge_args(values_a, indices_a, values_b, indices_b, k);
-  const at::Tensor values = at::cat({values_a, values_b});
-  auto out = topk_rows_cuda(values, at::cat({indices_a, indices_b}), k);
-  check_topk_output_finite(std::get<0>(out), values, "topk_merge");
-  return out;
+std::tuple<at::Tensor, at::Tensor> topk_merge_cuda(const at::Tensor& values_a, const at::Tensor& indices_a,
+                                                   const at::Tensor& values_b, const at::Tensor& indices_b,
+                                                   int64_t k) {
+  return run_topk_merge(values_a, indices_a, values_b, indices_b, k, topk_rows_cuda);
 }
 
 }  // namespace
