@@ -26,7 +26,7 @@ at::Tensor soft_wpmi_cuda(const at::Tensor& sims_in, const at::Tensor& topk_idx_
   const at::Tensor p_host = p.cpu();
   double min_factor = 1.0 + eps;
   for (int64_t i = 0; i < k; ++i) min_factor = std::min(min_factor, 1.0 - p_host.data_ptr<double>()[i] + eps);
-  const int64_t group = kernels::wpmi_group_size(min_factor);
+  const int64_t group = kernels::wpmi_group_size(min_factor, -290.0);
   const auto f64 = sims.options().dtype(at::kDouble);
   at::Tensor lse = at::empty({N}, f64);
   at::Tensor nonfinite = at::zeros({1}, sims.options().dtype(at::kInt));

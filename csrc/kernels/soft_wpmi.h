@@ -1,8 +1,10 @@
 // SoftWPMI per-term math shared by the CPU and CUDA kernels (ALGORITHMS.md §1).
 //
 // A neuron's score for concept m sums log(1 + p_i (P[x_i, m] - 1) + eps) over its top images. Each
-// factor lies in [1 - p_i + eps, 1 + eps], so a product of a few of them stays a normal double: the
-// kernels multiply `group` factors and take one log, which is exact to rounding and saves most logs.
+// factor lies in [1 - p_i + eps, 1 + eps], so a product of a few of them stays a normal number: the
+// kernels multiply `group` factors and take one log (in double), which is exact to rounding and
+// saves most logs. The CPU multiplies in the input's precision (float32 input: ~1e-6 absolute in
+// a score of magnitude ~100), CUDA always in double.
 #pragma once
 
 #include <cmath>
@@ -12,28 +14,40 @@
 namespace neurocore {
 namespace kernels {
 
-// How many factors may be multiplied before one log, given the smallest possible factor.
-inline int64_t wpmi_group_size(double min_factor) {
+// How many factors may be multiplied before one log, given the smallest possible factor, so that
+// the product stays above 10^floor_log10, far from the subnormal range of the product's type
+// (-290 for double products, -30 for float).
+inline int64_t wpmi_group_size(double min_factor, double floor_log10) {
   if (!(min_factor > 0.0)) return 1;  // a factor can be 0: log each one (exactly -inf)
   if (min_factor >= 1.0) return 64;
-  // keep the product above 1e-290, far from the subnormal range
-  const double g = std::floor(-290.0 * std::log(10.0) / std::log(min_factor));
+  const double g = std::floor(floor_log10 * std::log(10.0) / std::log(min_factor));
   return g < 1.0 ? 1 : (g > 64.0 ? 64 : static_cast<int64_t>(g));
 }
 
 // One factor 1 + q (P - 1) + eps, written as (1 - q + eps) + q P with base = 1 - q + eps.
-NC_HD double wpmi_factor(double base, double q, double prob) { return base + q * prob; }
+template <typename T>
+NC_HD T wpmi_factor(T base, T q, T prob) {
+  return base + q * prob;
+}
 
-// lam * (logsumexp_j L[j] - log K) for one concept, with L[j] at L[j * stride]: what the marginal
-// over the call's neurons subtracts from every neuron's score. When every L[j] is -inf (all
-// factors 0) the marginal is -inf too; 0 is returned so the scores stay -inf rather than NaN.
-NC_HD double wpmi_marginal_shift(const double* L, int64_t K, int64_t stride, double lam) {
-  double mx = -INFINITY;
-  for (int64_t j = 0; j < K; ++j) mx = L[j * stride] > mx ? L[j * stride] : mx;
-  if (mx == -INFINITY) return 0.0;
-  double total = 0.0;
-  for (int64_t j = 0; j < K; ++j) total += fast_exp(L[j * stride] - mx);
-  return lam * (mx + log(total) - log(static_cast<double>(K)));
+// shift[t] = lam * (logsumexp_j L[j, t] - log K) for `width` adjacent concepts, L[j, t] at
+// L[j * stride + t]: what the marginal over the call's neurons subtracts from every neuron's score
+// (the CPU passes a tile, vectorised over t; CUDA one concept per thread). When every L[j, t] is -inf
+// (all factors 0) the marginal is -inf too; the shift is then 0 so the scores stay -inf, not NaN.
+NC_HD void wpmi_marginal_shifts(const double* L, int64_t K, int64_t stride, int64_t width, double lam,
+                                double* shift, double* mx) {
+  for (int64_t t = 0; t < width; ++t) {
+    mx[t] = -INFINITY;
+    shift[t] = 0.0;
+  }
+  for (int64_t j = 0; j < K; ++j)
+    for (int64_t t = 0; t < width; ++t) mx[t] = L[j * stride + t] > mx[t] ? L[j * stride + t] : mx[t];
+  for (int64_t j = 0; j < K; ++j)
+    for (int64_t t = 0; t < width; ++t)
+      shift[t] += mx[t] == -INFINITY ? 0.0 : fast_exp(L[j * stride + t] - mx[t]);
+  const double log_k = log(static_cast<double>(K));
+  for (int64_t t = 0; t < width; ++t)
+    shift[t] = mx[t] == -INFINITY ? 0.0 : lam * (mx[t] + fast_log(shift[t]) - log_k);
 }
 
 }  // namespace kernels

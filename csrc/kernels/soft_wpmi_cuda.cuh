@@ -76,7 +76,8 @@ __global__ void wpmi_marginal_kernel(const double* __restrict__ L, int64_t K, in
                                      T* __restrict__ out) {
   const int64_t m = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (m >= M) return;
-  const double shift = wpmi_marginal_shift(L + m, K, M, lam);
+  double shift, mx;
+  wpmi_marginal_shifts(L + m, K, M, 1, lam, &shift, &mx);
   for (int64_t j = 0; j < K; ++j) out[j * M + m] = static_cast<T>(L[j * M + m] - shift);
 }
 
