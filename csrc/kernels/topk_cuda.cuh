@@ -45,10 +45,8 @@ __global__ void topk_segments_kernel(const T* __restrict__ x, const int64_t* __r
   for (int64_t r = r0 + fill; r < r1; ++r) {
     const T v = x[r * K + c];
     const int64_t id = xi ? xi[r * K + c] : r;
-    if (ranks_before(v, id, root_v, root_i)) {
-      hv[0] = v;
-      hi[0] = id;
-      heap_sift_down(hv, hi, k, K, int64_t{0});
+    if (ranks_before(v, id, root_v, root_i)) {  // root kept in registers: most values lose here
+      heap_offer(hv, hi, k, K, v, id);
       root_v = hv[0];
       root_i = hi[0];
     }
