@@ -136,7 +136,7 @@ inline void check_lstsq_gram_args(const at::Tensor& train_cov, const at::Tensor&
                                   const at::Tensor& train_cross, const at::Tensor& train_target_mean,
                                   const at::Tensor& val_cov, const at::Tensor& val_cross,
                                   const at::Tensor& val_target_var, const at::Tensor& sets,
-                                  double ridge, int64_t max_set_size) {
+                                  double ridge) {
   check_dim(sets, 3, "sets", "[K neurons, R candidates, s concepts]");
   check_index(sets, "sets");
   check_dim(train_cov, 2, "train.cov", "[M, M]");
@@ -156,8 +156,8 @@ inline void check_lstsq_gram_args(const at::Tensor& train_cov, const at::Tensor&
                 " must have shape ", at::IntArrayRef(e.shape), " (M=", M, " concepts, K=", K,
                 " neurons = sets.shape[0]); got ", shape_str(e.t));
   }
-  TORCH_CHECK(sets.size(2) <= max_set_size, "neurocore.lstsq_gram: sets may hold at most ",
-              max_set_size, " concepts; got s=", sets.size(2));
+  TORCH_CHECK(sets.size(2) <= kernels::kMaxSetSize, "neurocore.lstsq_gram: sets may hold at most ",
+              kernels::kMaxSetSize, " concepts; got s=", sets.size(2));
   TORCH_CHECK(std::isfinite(ridge) && ridge >= 0, "neurocore.lstsq_gram: ridge must be finite and >= 0; got ",
               ridge);
   if (sets.numel() > 0) {
@@ -189,7 +189,7 @@ inline LstsqGramCall prepare_lstsq_gram(const at::Tensor& train_cov, const at::T
                                         const at::Tensor& val_target_var, const at::Tensor& sets,
                                         double ridge) {
   check_lstsq_gram_args(train_cov, train_mean, train_cross, train_target_mean, val_cov, val_cross,
-                        val_target_var, sets, ridge, kernels::kMaxSetSize);
+                        val_target_var, sets, ridge);
   auto f64 = [](const at::Tensor& t) { return t.to(at::kDouble).contiguous(); };
   LstsqGramCall call{f64(train_cov), f64(train_mean), f64(train_cross), f64(train_target_mean),
                      f64(val_cov),   f64(val_cross),  f64(val_target_var), sets.contiguous(),
