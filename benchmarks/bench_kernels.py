@@ -13,43 +13,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import re
 import subprocess
 import sys
-import time
 
 import torch
 
 import neurocore
 from neurocore import ops, reference
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def best_time(fn, device: str, repeat: int) -> float:
-    fn()  # warm-up (and CUDA lazy init)
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def once(fn, device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import best_time, machine, once, write_section  # noqa: E402
 
 
 class Table:
@@ -160,31 +134,6 @@ def bench_shapley(table: Table, device: str, R: int, D: int, C: int, P: int, lin
     t = best_time(lambda: ops.shapley_permutation(x, w, b, bg, perms, link), device, repeat)
     table.add("shapley_permutation", sizes, "reference.shapley_permutation", t,
               once(lambda: reference.shapley_permutation(x, w, b, bg, perms, link), device))
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
-    except (OSError, AttributeError):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
-
-
-def write_section(device: str, body: str) -> None:
-    marker_start, marker_end = f"<!-- {device}:start -->", f"<!-- {device}:end -->"
-    text = open(RESULTS).read() if os.path.exists(RESULTS) else "# Benchmark results\n"
-    section = f"{marker_start}\n{body}\n{marker_end}"
-    if marker_start in text:
-        text = re.sub(re.escape(marker_start) + r".*?" + re.escape(marker_end), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    with open(RESULTS, "w") as f:
-        f.write(text)
-    print(f"wrote the {device} section of {RESULTS}")
 
 
 def main() -> None:
