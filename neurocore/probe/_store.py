@@ -1,0 +1,203 @@
+"""What recording a model over a probe set yields: per layer, the N×K summaries and each neuron's top-k."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neurocore._errors import NeurocoreError
+
+DEAD_THRESHOLD = 0.01  # ALGORITHMS.md §2: a neuron is dead when its max activation is below this
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """One layer's recorded activations.
+
+    Attributes:
+        layer: module name as ``model.named_modules()`` spells it.
+        summary: how each map was reduced to one number per neuron (``"mean"``, ``"max"``, ``"first"``).
+        summaries (Tensor[N, K], float32, CPU): summarised activation of every image and neuron.
+        top_values (Tensor[k, K]), top_indices (Tensor[k, K], int64): each neuron's k most activating
+            images, rank-major and best first (ties to the lower image index), as :func:`neurocore.ops.topk`.
+    """
+
+    layer: str
+    summary: str
+    summaries: torch.Tensor
+    top_values: torch.Tensor
+    top_indices: torch.Tensor
+
+    @property
+    def num_images(self) -> int:
+        return self.summaries.shape[0]
+
+    @property
+    def num_neurons(self) -> int:
+        return self.summaries.shape[1]
+
+    def dead(self, threshold: float = DEAD_THRESHOLD) -> torch.Tensor:
+        """Tensor[K] bool: neurons whose max activation over the probe set is below ``threshold``."""
+        if self.num_images == 0:
+            return torch.ones(self.num_neurons, dtype=torch.bool)
+        return self.summaries.amax(dim=0) < threshold
+
+
+@dataclass(frozen=True)
+class ActivationStore:
+    """Recorded activations of several layers of one model over one probe set.
+
+    Attributes:
+        layers: layer name -> :class:`LayerActivations`, in the order they were asked for.
+        num_images: N, the probe set's size (after unreadable images were skipped).
+        labels (Tensor[N], int64) or None: the probe's labels when it yields ``(image, label)``.
+        image_ids: one identifier per kept image (file path for image folders, else the dataset
+            index as a string), aligned with the rows of the summaries.
+        key: what determined the recording (model digest, preprocessing, dataset identity...).
+        dataset_indices (Tensor[N], int64): the probe dataset's index of every row (rows skip
+            unreadable images, so row ``i`` is image ``dataset_indices[i]`` of the dataset); defaults
+            to ``0..N-1``. :func:`neurocore.probe.spatial_maps` takes dataset indices:
+            ``spatial_maps(model, layer, probe, store.dataset_indices[rows])``.
+        skipped: ``(dataset index, reason)`` of every unreadable image left out of the rows.
+
+    Example:
+        >>> store = ActivationStore.from_tensor(torch.rand(6, 3), "fc", top_k=2)
+        >>> store["fc"].top_indices.shape, store.dataset_indices.tolist()
+        (torch.Size([2, 3]), [0, 1, 2, 3, 4, 5])
+    """
+
+    layers: Mapping[str, LayerActivations]
+    num_images: int
+    labels: torch.Tensor | None = None
+    image_ids: tuple[str, ...] = ()
+    key: Mapping[str, Any] = field(default_factory=dict)
+    dataset_indices: torch.Tensor | None = None
+    skipped: tuple[tuple[int, str], ...] = ()
+
+    def __post_init__(self):
+        if self.dataset_indices is None:
+            object.__setattr__(self, "dataset_indices", torch.arange(self.num_images, dtype=torch.int64))
+        elif self.dataset_indices.shape != (self.num_images,):
+            raise NeurocoreError(
+                f"dataset_indices must be a Tensor[{self.num_images}] (one per row); got shape "
+                f"{tuple(self.dataset_indices.shape)}"
+            )
+
+    def __getitem__(self, layer: str) -> LayerActivations:
+        try:
+            return self.layers[layer]
+        except KeyError:
+            raise NeurocoreError(
+                f"layer {layer!r} was not recorded; this store has: {', '.join(self.layers)}"
+            ) from None
+
+    def __contains__(self, layer: str) -> bool:
+        return layer in self.layers
+
+    def dead(self, threshold: float = DEAD_THRESHOLD) -> dict[str, torch.Tensor]:
+        """layer -> Tensor[K] bool: the dead neurons of every layer (max activation below ``threshold``)."""
+        return {name: acts.dead(threshold) for name, acts in self.layers.items()}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``activations.json`` (names, ids, key) and ``activations.pt`` (tensors) into
+        ``directory`` (created if needed), each atomically. :meth:`load` reads them back. Returns the folder."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {"dataset_indices": self.dataset_indices}
+        if self.labels is not None:
+            tensors["labels"] = self.labels
+        for i, acts in enumerate(self.layers.values()):
+            tensors[f"{i}.summaries"] = acts.summaries
+            tensors[f"{i}.top_values"] = acts.top_values
+            tensors[f"{i}.top_indices"] = acts.top_indices
+        meta = {
+            "format_version": _STORE_FORMAT,
+            "num_images": self.num_images,
+            "layers": [{"name": a.layer, "summary": a.summary} for a in self.layers.values()],
+            "layer_keys": list(self.layers),
+            "image_ids": list(self.image_ids),
+            "skipped": [[int(i), str(why)] for i, why in self.skipped],
+            "key": _jsonable(self.key),
+        }
+        _atomic(directory / "activations.pt", lambda p: torch.save({k: v.contiguous() for k, v in tensors.items()}, p))
+        _atomic(directory / "activations.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ActivationStore:
+        """Read a store written by :meth:`save`.
+
+        Raises:
+            NeurocoreError: the folder lacks the files, or they come from another format version.
+        """
+        directory = Path(directory)
+        meta_path, tensor_path = directory / "activations.json", directory / "activations.pt"
+        if not meta_path.is_file() or not tensor_path.is_file():
+            raise NeurocoreError(f"{directory} holds no saved ActivationStore: pass the folder ActivationStore.save() wrote")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != _STORE_FORMAT:
+            raise NeurocoreError(
+                f"{meta_path} has format version {meta.get('format_version')}; this neurocore reads {_STORE_FORMAT}"
+            )
+        tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
+        layers = {}
+        for i, (key, info) in enumerate(zip(meta["layer_keys"], meta["layers"])):
+            layers[key] = LayerActivations(
+                info["name"], info["summary"], tensors[f"{i}.summaries"], tensors[f"{i}.top_values"], tensors[f"{i}.top_indices"]
+            )
+        return cls(
+            layers,
+            int(meta["num_images"]),
+            labels=tensors.get("labels"),
+            image_ids=tuple(meta["image_ids"]),
+            key=meta["key"],
+            dataset_indices=tensors["dataset_indices"],
+            skipped=tuple((int(i), str(why)) for i, why in meta["skipped"]),
+        )
+
+    @classmethod
+    def from_tensor(cls, acts: torch.Tensor, layer: str = "layer", top_k: int = 100, labels=None) -> ActivationStore:
+        """A store of one layer from an already summarised ``acts (Tensor[N, K])``."""
+        from neurocore import ops
+
+        if acts.dim() != 2:
+            raise NeurocoreError(f"acts must be a Tensor[N, K] of summarised activations; got shape {tuple(acts.shape)}")
+        acts = acts.detach().to("cpu", torch.float32).contiguous()
+        if torch.isnan(acts).any():
+            raise NeurocoreError(f"acts of layer {layer!r} contain NaN; check the model and inputs")
+        values, indices = ops.topk(acts, top_k)
+        layer_acts = LayerActivations(layer, "given", acts, values, indices)
+        return cls({layer: layer_acts}, acts.shape[0], labels=labels, image_ids=tuple(str(i) for i in range(acts.shape[0])))
+
+
+_STORE_FORMAT = 1
+
+
+def _jsonable(value):
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file then rename: a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
