@@ -1,0 +1,16 @@
+"""Vision–language model adapters (a small protocol; open_clip built in) and cached embeddings."""
+
+from neurocore.vlm._embed import ImageEmbeddings, apply_template, embed_images, embed_texts
+from neurocore.vlm._open_clip import OpenClip, load_vlm, weights_digest
+from neurocore.vlm._protocol import VisionLanguageModel
+
+__all__ = [
+    "VisionLanguageModel",
+    "OpenClip",
+    "load_vlm",
+    "weights_digest",
+    "ImageEmbeddings",
+    "embed_images",
+    "embed_texts",
+    "apply_template",
+]

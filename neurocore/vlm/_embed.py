@@ -1,0 +1,304 @@
+"""Image and text embeddings of a vision–language model, batched and cached on disk.
+
+Cache files are keyed by everything that determines their content (ALGORITHMS.md §0 "Caching"):
+the model's identity (with its weights digest), its preprocessing, the probe set's identity and
+order, the texts and the prompt template. The key is stored inside each file and compared on
+reading, so a stale or foreign file is never used; writes go to a temporary file first and are
+renamed into place, so an interrupted run leaves no half-written cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from neurocore._errors import NeurocoreError
+from neurocore.vlm._protocol import VisionLanguageModel
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ImageEmbeddings:
+    """L2-normalised image embeddings of the readable images of a probe set, in probe order.
+
+    Attributes:
+        embeddings (Tensor[N, d], float32, CPU): row i = the i-th readable probe image, unit norm.
+        indices (Tensor[N], int64): the dataset index of each row (unreadable images are skipped).
+        image_ids: one identifier per row (file path relative to the folder for image folders).
+        key: what determined them (the cache key).
+    """
+
+    embeddings: torch.Tensor
+    indices: torch.Tensor
+    image_ids: tuple[str, ...]
+    key: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _PILOnly:
+    """The model's preprocessing, refusing inputs that are tensors already.
+
+    open_clip's transforms pass tensors through their to-tensor step and normalise them again, so a
+    probe that yields preprocessed tensors would be silently normalised twice.
+    """
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image):
+        if isinstance(image, torch.Tensor):
+            raise NeurocoreError(
+                "the probe yields tensors, but the vision–language model preprocesses images itself: give a "
+                "probe that yields PIL images (e.g. neurocore.probe.ImageFolder(root) without transform=)"
+            )
+        return self.transform(image)
+
+    def __repr__(self) -> str:
+        return repr(self.transform)
+
+
+def check_vlm(vlm) -> VisionLanguageModel:
+    """``vlm`` itself, or the model a spec string names (:func:`load_vlm`); errors for other objects."""
+    if isinstance(vlm, str):
+        from neurocore.vlm._open_clip import load_vlm
+
+        return load_vlm(vlm)
+    if not isinstance(vlm, VisionLanguageModel):
+        missing = [a for a in ("encode_images", "encode_texts", "preprocess", "identity", "device") if not hasattr(vlm, a)]
+        raise NeurocoreError(
+            f"vlm must be a vision–language model (neurocore.vlm.OpenClip, or any object with encode_images, "
+            f"encode_texts, preprocess, identity and device) or a spec like 'open_clip:ViT-B-16:openai'; "
+            f"got {type(vlm).__name__} without {', '.join(missing)}"
+        )
+    return vlm
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _cache_file(cache_dir, kind: str, key: Mapping[str, Any]) -> Path:
+    return Path(cache_dir) / f"{kind}-{_digest(key)[:32]}.pt"
+
+
+def _read_cache(path: Path, key: Mapping[str, Any]) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or corrupt file: recompute rather than fail or trust it
+        warnings.warn(f"ignoring unreadable cache file {str(path)!r} ({type(exc).__name__}); recomputing", stacklevel=3)
+        return None
+    if not isinstance(payload, dict) or payload.get("key") != dict(key):
+        warnings.warn(f"ignoring cache file {str(path)!r}: it was made for other inputs; recomputing", stacklevel=3)
+        return None
+    return payload
+
+
+def _write_cache(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def image_cache_key(vlm: VisionLanguageModel, probe) -> dict | None:
+    """The cache key of ``probe``'s image embeddings under ``vlm``; None when the probe has no
+    identity (no ``fingerprint()``), which makes its embeddings uncacheable."""
+    from neurocore.probe import describe_transform, probe_fingerprint
+
+    fingerprint = probe_fingerprint(probe)
+    if fingerprint is None:
+        return None
+    return {
+        "format": CACHE_FORMAT,
+        "kind": "image_embeddings",
+        "vlm": vlm.identity,
+        "preprocess": describe_transform(vlm.preprocess),
+        "dataset": fingerprint,
+        "dataset_size": len(probe),
+    }
+
+
+def embed_images(
+    vlm,
+    probe,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ImageEmbeddings:
+    """Encode a probe set's images with a vision–language model (batched, optionally cached).
+
+    The images go through :func:`neurocore.probe.iter_batches` with ``transform=vlm.preprocess``,
+    the loop that records activations, so row i here is row i there: same order, same unreadable
+    images skipped.
+
+    Args:
+        vlm: a :class:`VisionLanguageModel` or a spec string (:func:`load_vlm`).
+        probe: a map-style dataset yielding PIL images or ``(image, label)``
+            (:class:`neurocore.probe.ImageFolder`).
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers that read and preprocess images.
+        cache_dir: folder for cached embeddings (None: no caching). A probe without a
+            ``fingerprint()`` cannot be identified, so its embeddings are not cached (with a warning).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`ImageEmbeddings` (unit-norm rows; an all-zero embedding stays zero).
+
+    Raises:
+        NeurocoreError: not a vision–language model, a probe yielding tensors, no readable image,
+            embeddings of the wrong shape or with NaN.
+    """
+    vlm = check_vlm(vlm)
+    from neurocore.probe import iter_batches
+
+    key = image_cache_key(vlm, probe)
+    path = None
+    if cache_dir is not None:
+        if key is None:
+            warnings.warn(
+                f"the probe ({type(probe).__name__}) has no fingerprint(), so its image embeddings cannot be "
+                "keyed and are not cached; use neurocore.probe.ImageFolder to cache them",
+                stacklevel=2,
+            )
+        else:
+            path = _cache_file(cache_dir, "image_embeddings", key)
+            hit = _read_cache(path, key)
+            if hit is not None:
+                _warn_skipped(hit["skipped"])
+                return ImageEmbeddings(hit["embeddings"], hit["indices"], tuple(hit["image_ids"]), key)
+    try:
+        n = len(probe)
+    except TypeError:
+        raise NeurocoreError(f"the probe must be a map-style dataset with a length; got {type(probe).__name__}") from None
+    skipped: list = []
+    batches = iter_batches(probe, batch_size, transform=_PILOnly(vlm.preprocess), num_workers=num_workers, skipped=skipped)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=math.ceil(n / batch_size), desc=f"encoding images ({vlm.identity[:40]})", unit="batch")
+    embs, indices, ids = [], [], []
+    for batch in batches:
+        emb = vlm.encode_images(batch.images)
+        _check_embeddings(emb, len(batch.ids), "encode_images")
+        embs.append(F.normalize(emb.detach().to("cpu", torch.float32), dim=1))
+        indices.append(batch.indices)
+        ids += batch.ids
+    if not embs:
+        raise NeurocoreError(f"no readable image in the probe ({len(skipped)} unreadable of {n}); nothing to encode")
+    result = ImageEmbeddings(torch.cat(embs), torch.cat(indices), tuple(ids), key or {})
+    _warn_skipped([(int(i), str(why)) for i, why in skipped])
+    if path is not None:
+        _write_cache(path, {
+            "key": dict(key),
+            "embeddings": result.embeddings,
+            "indices": result.indices,
+            "image_ids": list(result.image_ids),
+            "skipped": [[int(i), str(why)] for i, why in skipped],
+        })
+    return result
+
+
+def _warn_skipped(skipped) -> None:
+    if skipped:
+        first = ", ".join(f"{i} ({why})" for i, why in skipped[:3])
+        warnings.warn(f"skipped {len(skipped)} unreadable probe image(s), e.g. {first}", stacklevel=3)
+
+
+def _check_embeddings(emb, rows: int, what: str) -> None:
+    if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or emb.shape[0] != rows:
+        shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+        raise NeurocoreError(f"vlm.{what} must return a Tensor[{rows}, d]; got {shape}")
+    if not torch.isfinite(emb).all():
+        raise NeurocoreError(f"vlm.{what} returned NaN or inf embeddings; check the model's weights and inputs")
+
+
+def apply_template(texts: Sequence[str], template: str | None) -> list[str]:
+    """The prompts for ``texts``: ``template`` with ``"{}"`` replaced by each text, or the texts as
+    they are when ``template`` is None (CLIP-Dissect's default)."""
+    if template is None:
+        return list(texts)
+    if not isinstance(template, str) or "{}" not in template:
+        raise NeurocoreError(f"template must be a string containing '{{}}' (e.g. 'a photo of a {{}}'); got {template!r}")
+    return [template.replace("{}", t) for t in texts]
+
+
+def embed_texts(
+    vlm,
+    texts: Sequence[str],
+    *,
+    template: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Encode texts (concepts) with a vision–language model (batched, optionally cached).
+
+    Args:
+        vlm: a :class:`VisionLanguageModel` or a spec string (:func:`load_vlm`).
+        texts: M strings.
+        template: a prompt with ``"{}"`` where each text goes (``"a photo of a {}"``); None (default,
+            as CLIP-Dissect) encodes the texts as they are.
+        cache_dir: folder for cached embeddings (None: no caching).
+        progress: show a progress bar.
+
+    Returns:
+        Tensor[M, d] float32 on the CPU, L2-normalised rows.
+
+    Raises:
+        NeurocoreError: not a vision–language model, no texts, a template without ``"{}"``,
+            embeddings of the wrong shape or with NaN.
+    """
+    vlm = check_vlm(vlm)
+    if isinstance(texts, str):
+        raise NeurocoreError("texts must be a sequence of strings, not one string; wrap it in a list")
+    texts = list(texts)
+    if not texts:
+        raise NeurocoreError("texts is empty; give at least one text to encode")
+    prompts = apply_template(texts, template)
+    key = {
+        "format": CACHE_FORMAT,
+        "kind": "text_embeddings",
+        "vlm": vlm.identity,
+        "template": template,
+        "texts_sha256": _digest(texts),
+        "num_texts": len(texts),
+    }
+    path = None
+    if cache_dir is not None:
+        path = _cache_file(cache_dir, "text_embeddings", key)
+        hit = _read_cache(path, key)
+        if hit is not None:
+            return hit["embeddings"]
+    chunk = max(1, int(getattr(vlm, "batch_size", 256)))
+    starts = range(0, len(prompts), chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"encoding {len(prompts)} texts", unit="batch")
+    out = []
+    for s in starts:
+        part = prompts[s : s + chunk]
+        emb = vlm.encode_texts(part)
+        _check_embeddings(emb, len(part), "encode_texts")
+        out.append(F.normalize(emb.detach().to("cpu", torch.float32), dim=1))
+    result = torch.cat(out)
+    if path is not None:
+        _write_cache(path, {"key": key, "embeddings": result})
+    return result
