@@ -212,3 +212,23 @@ def test_local_dir_schema(tmp_path, vlm):
     assert m.identity == f"open_clip:local-dir:{folder}:bundled:sha256={vlm.weights_digest[:16]}"
     with pytest.raises(NeurocoreError, match="names its own weights"):
         OpenClip(f"local-dir:{folder}", pretrained="openai")
+
+
+def test_short_context_text_path_equals_full_encode_text(vlm):
+    # The truncated causal path must give open_clip's own embedding (attention mixes positions, so
+    # a wrong mask or pooling position would show), and must actually be taken (the context is cut).
+    model = tiny()
+    texts = ["dog", "a striped red traffic light", "x", "polka dots on a very long tablecloth at noon"]
+    tokens = model._tokenizer(texts)
+    assert int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1]
+    with torch.inference_mode():
+        full = model.model.encode_text(tokens)
+    fast = model.encode_texts(texts)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    calls = []
+    handle = model.model.transformer.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[1]))
+    try:
+        model.encode_texts(texts)
+    finally:
+        handle.remove()
+    assert calls and max(calls) < tokens.shape[1]
