@@ -1,0 +1,58 @@
+"""Evaluating explanations: final-layer metrics, simulation scores, top impact."""
+
+from neurocore.evaluate._impact import (
+    DEFAULT_BETAS,
+    TEMPERATURE,
+    Head,
+    TopImpact,
+    activation_area_chart,
+    head_after,
+    replace_units,
+    top_impact,
+    top_impact_from_impacts,
+)
+from neurocore.evaluate._simulation import (
+    CONCEPT_SOURCE_KEY,
+    SimulationScores,
+    ablation_score,
+    correlation_score,
+    explanation_concepts,
+    norm_scaling,
+    simulate,
+    simulator_matrix,
+)
+from neurocore.evaluate._final_layer import (
+    SentenceTransformerText,
+    TextCosine,
+    final_layer_accuracy,
+    normalise_name,
+    text_cosine,
+)
+
+__all__: list[str] = [
+    # simulation (Linear Explanations §4)
+    "simulator_matrix",
+    "explanation_concepts",
+    "simulate",
+    "correlation_score",
+    "ablation_score",
+    "norm_scaling",
+    "SimulationScores",
+    "CONCEPT_SOURCE_KEY",
+    # replacing neurons, Top Impact (§2), area chart
+    "Head",
+    "head_after",
+    "replace_units",
+    "top_impact",
+    "top_impact_from_impacts",
+    "TopImpact",
+    "DEFAULT_BETAS",
+    "TEMPERATURE",
+    "activation_area_chart",
+    # final-layer evaluation (CLIP-Dissect §4.2)
+    "final_layer_accuracy",
+    "text_cosine",
+    "TextCosine",
+    "SentenceTransformerText",
+    "normalise_name",
+]
