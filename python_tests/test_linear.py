@@ -283,7 +283,7 @@ def test_params_provenance():
     e = explain_linear(acts, scores, tolerance=0.05, max_length=3)
     p = e.params
     assert p["concept_source"] == "labels"
-    assert (p["lam"], p["eta"], p["max_length"], p["width"], p["tolerance"], p["seed"]) == (0.0505, 0.99, 3, 10, 0.05, 0)
+    assert (p["lam"], p["eta"], p["max_length"], p["width"], p["tolerance"], p["seed"]) == (0.05 / 0.99, 0.99, 3, 10, 0.05, 0)
     assert p["layers"] == ["layer"] and p["filter"] is True
     assert Split.from_dict(p["split"]) == split_indices(1000, seed=0)
 

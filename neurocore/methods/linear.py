@@ -36,7 +36,7 @@ from neurocore import ops
 from neurocore._errors import NeurocoreError
 from neurocore.concepts._scores import ConceptScores
 from neurocore.methods._base import Explanations, NeuronExplanation, register_method
-from neurocore.methods._linear_learn import GreedyResult, elastic_net, greedy_search, rank_concepts
+from neurocore.methods._linear_learn import DEFAULT_ETA, DEFAULT_LAM, GreedyResult, elastic_net, greedy_search, rank_concepts
 from neurocore.probe._store import DEAD_THRESHOLD, ActivationStore
 
 __all__ = [
@@ -277,7 +277,7 @@ class LinearExplanations:
     Settings only; :meth:`explain` does the work. Defaults are the published ones.
 
     Args:
-        lam: elastic-net strength λ (paper: 0.0505 on standardised data).
+        lam: elastic-net strength λ (released code: 0.05/0.99 ≈ 0.0505, on standardised data).
         eta: elastic-net mixing η (1 = lasso; paper 0.99).
         max_length: at most this many concepts per explanation (paper v = 10).
         width: candidates tried per greedy round, from the top of the ranking (paper r = 10).
@@ -296,8 +296,8 @@ class LinearExplanations:
 
     def __init__(
         self,
-        lam: float = 0.0505,
-        eta: float = 0.99,
+        lam: float = DEFAULT_LAM,
+        eta: float = DEFAULT_ETA,
         max_length: int = 10,
         width: int = 10,
         tolerance: float = 0.02,
