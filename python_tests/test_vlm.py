@@ -59,7 +59,7 @@ def vlm():
 def test_random_weights_warn_and_say_so_in_identity():
     with pytest.warns(UserWarning, match="random weights.*meaningless"):
         m = OpenClip(TINY)
-    assert m.identity.startswith(f"open_clip:{TINY}:random(seed=0):sha256=")
+    assert m.identity.startswith(f"open_clip:{TINY}:random(seed=0):weights=")
     assert m.identity.endswith(m.weights_digest[:16]) and m.weights_digest == weights_digest(m.model)
     assert isinstance(m, VisionLanguageModel)
     assert m.device == torch.device("cpu") and not m.model.training
@@ -101,7 +101,7 @@ def test_local_checkpoint_file(tmp_path, vlm):
     torch.save(vlm.model.state_dict(), ckpt)
     loaded = OpenClip(TINY, pretrained=str(ckpt), seed=5)  # the seed must not matter: the file sets the weights
     assert loaded.weights_digest == vlm.weights_digest
-    assert loaded.identity == f"open_clip:{TINY}:file=weights.pt:sha256={vlm.weights_digest[:16]}"
+    assert loaded.identity == f"open_clip:{TINY}:file=weights.pt:weights={vlm.weights_digest[:16]}"
     texts = ["a", "b"]
     torch.testing.assert_close(loaded.encode_texts(texts), vlm.encode_texts(texts))
     assert load_vlm(f"open_clip:{TINY}:{ckpt}").identity == loaded.identity
@@ -209,7 +209,7 @@ def test_local_dir_schema(tmp_path, vlm):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # real weights: no warning
         m = load_vlm(f"open_clip:local-dir:{folder}")
-    assert m.identity == f"open_clip:local-dir:{folder}:bundled:sha256={vlm.weights_digest[:16]}"
+    assert m.identity == f"open_clip:local-dir:{folder}:bundled:weights={vlm.weights_digest[:16]}"
     with pytest.raises(NeurocoreError, match="names its own weights"):
         OpenClip(f"local-dir:{folder}", pretrained="openai")
 

@@ -9,7 +9,8 @@ is saved as ``demo_cnn.pt``). The world doubles as a test bed: :class:`PlantedCo
 whose meaning is fixed by construction.
 """
 
-from neurocore.demo._model import ConceptWorldCNN, PlantedConceptNet, TrainingResult, train_cnn, weights_digest
+from neurocore.demo._model import ConceptWorldCNN, PlantedConceptNet, TrainingResult, train_cnn
+from neurocore.probe._cache import weights_digest
 from neurocore.demo._run import DEFAULT_OUT, DEMO_LAYERS, DemoResult, derive_seed, label_precision, run_demo
 from neurocore.demo._world import BACKGROUNDS, COLOURS, SHAPES, TEXTURES, ConceptWorld, WorldImages
 

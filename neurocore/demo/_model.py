@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from neurocore._errors import NeurocoreError
+from neurocore.probe._cache import weights_digest
 
 
 class ConceptWorldCNN(nn.Module):
@@ -71,16 +71,6 @@ class TrainingResult:
     losses: tuple[float, ...]
     train_accuracy: float
     digest: str
-
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 over the state dict's names, shapes and bytes."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 @contextlib.contextmanager

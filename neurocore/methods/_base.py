@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from neurocore._errors import NeurocoreError
+from neurocore._io import atomic_write, jsonable
 
 # The authors' CSV format starts with these columns (CLIP-Dissect's `layer, unit, description, similarity`).
 CSV_COLUMNS = ("layer", "unit", "description", "similarity")
@@ -146,14 +147,13 @@ class Explanations:
         payload = {
             "format_version": _FORMAT_VERSION,
             "method": self.method,
-            "params": _jsonable(self.params),
-            "neurons": [_jsonable(asdict(n)) for n in self.neurons],
+            "params": jsonable(self.params),
+            "neurons": [jsonable(asdict(n)) for n in self.neurons],
         }
-        _atomic_write_text(directory / "explanations.json", json.dumps(payload, indent=1, allow_nan=True))
+        text = json.dumps(payload, indent=1, allow_nan=True)
+        atomic_write(directory / "explanations.json", lambda p: p.write_text(text))
         table = self.to_pandas()
-        tmp = directory / "explanations.csv.tmp"
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, directory / "explanations.csv")
+        atomic_write(directory / "explanations.csv", lambda p: table.to_csv(p, index=False))
         return directory
 
     @classmethod
@@ -186,25 +186,6 @@ def load(directory: str | os.PathLike) -> Explanations:
 
 def _float(value) -> float:
     return math.nan if value is None else float(value)
-
-
-def _jsonable(value):
-    """Tuples to lists, NaN to None (strict JSON), tensors and numpy scalars to Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else value
-    return value
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +12,8 @@ from typing import Any
 import torch
 
 from neurocore._errors import NeurocoreError
+from neurocore._io import atomic_write as _atomic
+from neurocore._io import jsonable as _jsonable
 
 DEAD_THRESHOLD = 0.01  # ALGORITHMS.md §2: a neuron is dead when its max activation is below this
 
@@ -180,24 +181,3 @@ class ActivationStore:
 _STORE_FORMAT = 1
 
 
-def _jsonable(value):
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
-    return value
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file then rename: a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -11,28 +10,10 @@ from pathlib import Path
 import torch
 
 from neurocore._errors import NeurocoreError, close_matches
+from neurocore.probe._cache import weights_digest
 
 _SCHEMAS = ("hf-hub:", "local-dir:")
 _CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".npz", ".ckpt")
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's state (every parameter and buffer: name, dtype, shape and bytes).
-
-    Two models with equal weights get equal digests whatever their device; any changed value
-    changes it. Part of a model's ``identity``, so caches never mix up weights.
-
-    Example:
-        >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-        >>> weights_digest(a) == weights_digest(a), weights_digest(a) == weights_digest(b)
-        (True, False)
-    """
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _resolve_pretrained(model_name: str, pretrained) -> tuple[str | None, str]:
@@ -99,7 +80,7 @@ class OpenClip:
             untouched).
 
     Attributes:
-        identity: ``"open_clip:<model_name>:<weights>:sha256=<digest>"`` with ``<weights>`` the tag,
+        identity: ``"open_clip:<model_name>:<weights>:weights=<digest>"`` with ``<weights>`` the tag,
             ``file=<name>``, ``random(seed=<seed>)`` or ``bundled`` (``local-dir:``/``hf-hub:``), and ``<digest>`` the first 16 hex digits of
             :func:`weights_digest` of the loaded weights.
         preprocess: the model's evaluation transform (PIL image -> ``Tensor[3, H, W]``).
@@ -165,7 +146,7 @@ class OpenClip:
         self._tokenizer = tokenizer
         label = {"random": f"random(seed={seed})", "file": f"file={Path(value or '').name}", "tag": value,
                  "schema": "bundled"}[kind]
-        self._identity = f"open_clip:{model_name}:{label}:sha256={self._digest[:16]}"
+        self._identity = f"open_clip:{model_name}:{label}:weights={self._digest[:16]}"
         if kind == "random":
             warnings.warn(
                 f"open_clip model {model_name!r} has random weights (pretrained=None): its image–text "
@@ -207,7 +188,7 @@ class OpenClip:
 
     @property
     def weights_digest(self) -> str:
-        """SHA-256 of the loaded weights (:func:`weights_digest`)."""
+        """Digest of the loaded weights (:func:`neurocore.probe.weights_digest`)."""
         return self._digest
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ class VisionLanguageModel(Protocol):
             resizing, cropping and normalisation). Its ``repr`` is part of cache keys, so it must
             name every setting that changes the output.
         identity: a stable text naming the model and its weights, including a digest of the
-            weights (``"open_clip:ViT-B-16:openai:sha256=…"``): cached embeddings are keyed by it.
+            weights (``"open_clip:ViT-B-16:openai:weights=…"``): cached embeddings are keyed by it.
         device: where the model runs (``torch.device``).
 
     Methods:
