@@ -446,7 +446,7 @@ def _cmd_demo(args) -> None:
     )
     print(
         f"CNN trained on {args.train_per_class * len(world.classes)} images in {result.seconds['training']:.1f} s "
-        f"(weights sha256 {training.digest[:16]}); accuracy on {len(result.probe)} probe images: {result.probe_accuracy:.4f}"
+        f"(weights digest {training.digest[:16]}); accuracy on {len(result.probe)} probe images: {result.probe_accuracy:.4f}"
     )
     print(f"labels by CLIP-Dissect ({args.method}) from exact concept scores; neurons per concept family of their label:")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):

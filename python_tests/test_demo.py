@@ -197,7 +197,7 @@ def test_demo_end_to_end_small(tmp_path):
     for name in ("explanations.csv", "explanations.json", "summary.csv", "demo.json", "demo_cnn.pt", "index.html"):
         assert (tmp_path / "out" / name).is_file(), name
     info = json.loads((tmp_path / "out" / "demo.json").read_text())
-    assert info["weights_sha256"] == r.training.digest
+    assert info["weights_digest"] == r.training.digest
     assert info["final_layer_accuracy"] == r.final_layer_accuracy
     # final-layer accuracy is the share of fc neurons labelled with their own class
     fc = r.explanations.layer("fc")

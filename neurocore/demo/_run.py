@@ -210,7 +210,7 @@ def run_demo(
             "seed": seed,
             "settings": dict(image_size=image_size, train_per_class=train_per_class, probe_per_class=probe_per_class,
                              epochs=epochs, method=method, threads=threads),
-            "weights_sha256": training.digest,
+            "weights_digest": training.digest,
             "training_losses": list(training.losses),
             "train_accuracy": training.train_accuracy,
             "probe_accuracy": probe_accuracy,
