@@ -33,7 +33,7 @@ import neurocore
 from neurocore.methods._linear_learn import elastic_net, greedy_search, rank_concepts
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _results import write_section  # noqa: E402
+from _results import machine, write_section  # noqa: E402
 
 ADAM_STEPS, ADAM_LR = 100, 3e-1  # the released code's train_linear_model
 
@@ -104,20 +104,6 @@ def adam_greedy(train_P, val_P, train_y, val_y, ranking, max_length=10, width=10
     return tuple(selected)
 
 
-def cpu_model() -> str:
-    """``lscpu``'s model name (from /proc/cpuinfo) and torch's vector capability."""
-    model = "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
-
-
 def bench(name: str, P, acts, n_train: int, K: int, adam_neurons: int, rows: list, notes: list) -> None:
     tr_P, va_P = P[:n_train], P[n_train:]
     tr_a, va_a = acts[:n_train, :K], acts[n_train:, :K]
@@ -177,7 +163,7 @@ def main() -> None:
     if args.write and not q:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         lines = [
-            f"## Linear Explanations learning (CPU): {cpu_model()}",
+            f"## Linear Explanations learning (CPU): {machine('cpu')}",
             "",
             f"{datetime.date.today().isoformat()}, torch {torch.__version__}, neurocore {neurocore.__version__}, "
             f"`python benchmarks/bench_linear.py --write`, {args.threads} torch thread(s) "
@@ -219,7 +205,7 @@ def layer4_scale(write: bool) -> None:
     line = (f"explain_linear, ResNet-50 layer4 sizes (synthetic SigLIP-like P): K={K:,}, n={n:,} (70/10/20 split), "
             f"M={M:,}: {elapsed:.0f} s on {torch.get_num_threads()} threads, peak resident memory {peak:.1f} GiB "
             f"(inputs P and activations alone: {base:.1f} GiB peak before the call), mean explanation length "
-            f"{np.mean(lengths):.2f}. {datetime.date.today().isoformat()}, {cpu_model()}.")
+            f"{np.mean(lengths):.2f}. {datetime.date.today().isoformat()}, {machine('cpu')}.")
     print(line)
     if write:
         write_section("bench_linear_layer4", line)

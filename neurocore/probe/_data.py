@@ -181,12 +181,7 @@ def iter_batches(
     """
     if batch_size < 1:
         raise NeurocoreError(f"batch_size must be >= 1; got {batch_size}")
-    try:
-        n = len(probe)
-    except TypeError:
-        raise NeurocoreError(
-            f"the probe must be a map-style dataset with a length; got {type(probe).__name__}"
-        ) from None
+    n = probe_length(probe)
     subset = torch.utils.data.Subset(_Guarded(probe, transform), range(start, n))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate)
     image_id = getattr(probe, "image_id", None)
@@ -214,6 +209,16 @@ def iter_batches(
     if skipped is None and len(bad) > n_bad_before:
         first = ", ".join(f"{i} ({why})" for i, why in bad[n_bad_before:][:3])
         warnings.warn(f"skipped {len(bad) - n_bad_before} unreadable probe image(s), e.g. {first}", stacklevel=2)
+
+
+def probe_length(probe) -> int:
+    """``len(probe)``, or an error saying a map-style dataset is needed."""
+    try:
+        return len(probe)
+    except TypeError:
+        raise NeurocoreError(
+            f"the probe must be a map-style dataset with a length; got {type(probe).__name__}"
+        ) from None
 
 
 def probe_fingerprint(probe) -> str | None:

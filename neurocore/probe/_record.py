@@ -13,7 +13,7 @@ from torch import nn
 
 from neurocore._errors import NeurocoreError
 from neurocore.probe._cache import LayerCache, recording_key, row_digests
-from neurocore.probe._data import iter_batches
+from neurocore.probe._data import iter_batches, probe_length
 from neurocore.probe._layers import (
     capture,
     eval_mode,
@@ -222,12 +222,7 @@ def spatial_maps(
 
 
 def _probe_length(probe) -> int:
-    try:
-        n = len(probe)
-    except TypeError:
-        raise NeurocoreError(
-            f"the probe must be a map-style dataset with a length; got {type(probe).__name__}"
-        ) from None
+    n = probe_length(probe)
     if n == 0:
         raise NeurocoreError("the probe set is empty: give a dataset with at least one image")
     return n
