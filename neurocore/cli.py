@@ -254,6 +254,21 @@ def _archive_kind(path: Path) -> str:
     return "pickle"
 
 
+def _load_user_file(path: Path, missing_name: str, option: str, as_what: str, fix: str):
+    """``torch.load(weights_only=True)`` of a file a user named: a missing or unreadable file is a
+    NeurocoreError naming the option and how to save the file right."""
+    import torch
+
+    if not path.is_file():
+        raise NeurocoreError(f"{missing_name} {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise NeurocoreError(
+            f"cannot read {option} {str(path)!r}{as_what} ({type(exc).__name__}: {str(exc).splitlines()[0]}); {fix}"
+        ) from None
+
+
 def load_state_dict_file(model, path: str | os.PathLike) -> None:
     """Load a state dict file into ``model`` (in place), every key and shape matching.
 
@@ -268,15 +283,7 @@ def load_state_dict_file(model, path: str | os.PathLike) -> None:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise NeurocoreError(f"--weights file {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise NeurocoreError(
-            f"cannot read --weights {str(path)!r} as a state dict ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "save it with torch.save(model.state_dict(), path)"
-        ) from None
+    state = _load_user_file(path, "--weights file", "--weights", " as a state dict", "save it with torch.save(model.state_dict(), path)")
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -541,15 +548,7 @@ def _read_scores(path: str, concepts):
         if concepts is not None and list(load_concepts(concepts)) != list(loaded.concepts):
             raise NeurocoreError(f"--concepts differ from the concepts saved with --scores {path!r}; leave --concepts out")
         return loaded
-    if not p.is_file():
-        raise NeurocoreError(f"--scores {path!r} does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise NeurocoreError(
-            f"cannot read --scores {path!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); save a tensor with "
-            "torch.save(scores, path)"
-        ) from None
+    obj = _load_user_file(p, "--scores", "--scores", "", "save a tensor with torch.save(scores, path)")
     names = None
     if isinstance(obj, dict):
         if "scores" not in obj:
