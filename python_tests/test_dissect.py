@@ -140,14 +140,14 @@ def test_dissect_with_a_vision_language_model(tmp_path):
     assert [n.description for n in ex][:3] == ["red", "green", "blue"]
 
 
-def test_dissect_compositional_without_cache_encodes_the_probe_once_more():
+def test_dissect_compositional_without_cache_encodes_the_probe_once():
     model, probe, vlm = ColourNet(), ColourImages(n=100), ColourVLM()
     calls = []
     original = vlm.encode_images
     vlm.encode_images = lambda images: calls.append(len(images)) or original(images)
     ex = dissect(model, "features", probe, ["red", "green", "blue"], vlm=vlm, transform=ToTensor(), progress=False,
                  top_k=10, compositional=True, composite_top_n=2, batch_size=50)
-    assert len(ex) == 4 and sum(calls) == 200  # the concept scores, then the composites' image embeddings
+    assert len(ex) == 4 and sum(calls) == 100  # the concept scores and the composites share one encoding
 
 
 def test_dissect_needs_exactly_one_source():

@@ -174,13 +174,32 @@ class ConceptScores:
             NeurocoreError: see :func:`neurocore.concepts.load_concepts`,
                 :func:`neurocore.vlm.embed_images` and :func:`neurocore.vlm.embed_texts`.
         """
+        from neurocore.vlm._embed import check_vlm, embed_images
+
+        vlm = check_vlm(vlm)
+        images = embed_images(vlm, probe, batch_size=batch_size, num_workers=num_workers,
+                              cache_dir=cache_dir, progress=progress)
+        return cls.from_image_embeddings(vlm, images, concepts, template=template, cache_dir=cache_dir, progress=progress)
+
+    @classmethod
+    def from_image_embeddings(
+        cls,
+        vlm,
+        images,
+        concepts,
+        *,
+        template: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> ConceptScores:
+        """:meth:`from_vlm` for image embeddings already computed by :func:`neurocore.vlm.embed_images`
+        with the same ``vlm`` (so a caller that needs them again does not encode the probe twice).
+        Only the concepts are encoded here; the arguments are those of :meth:`from_vlm`."""
         from neurocore.concepts._sets import load_concepts
-        from neurocore.vlm._embed import _digest, check_vlm, embed_images, embed_texts
+        from neurocore.vlm._embed import _digest, check_vlm, embed_texts
 
         vlm = check_vlm(vlm)
         names = load_concepts(concepts)
-        images = embed_images(vlm, probe, batch_size=batch_size, num_workers=num_workers,
-                              cache_dir=cache_dir, progress=progress)
         texts = embed_texts(vlm, names, template=template, cache_dir=cache_dir, progress=progress)
         if images.embeddings.shape[1] != texts.shape[1]:
             raise NeurocoreError(

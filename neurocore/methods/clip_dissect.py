@@ -958,12 +958,16 @@ def dissect(
     )
     encode = None
     if concept_scores is None:
-        concept_scores = ConceptScores.from_vlm(
-            vlm, probe, names, template=template, batch_size=batch_size, num_workers=num_workers,
-            cache_dir=cache_dir, progress=progress,
-        )
+        from neurocore.vlm._embed import check_vlm, embed_images
+
+        vlm = check_vlm(vlm)
+        # Encoded once: the concept scores and the composite texts' scores share the image embeddings.
+        images = embed_images(vlm, probe, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+                              progress=progress)
+        concept_scores = ConceptScores.from_image_embeddings(vlm, images, names, template=template,
+                                                             cache_dir=cache_dir, progress=progress)
         if compositional:
-            encode = _vlm_text_scores(vlm, probe, template, batch_size, num_workers, cache_dir)
+            encode = _vlm_text_scores(vlm, images, template)
 
     if store.num_images != concept_scores.num_images:
         raise NeurocoreError(
@@ -973,19 +977,12 @@ def dissect(
     return explainer.explain(store, concept_scores, layers=list(store.layers), progress=progress, encode_composites=encode)
 
 
-def _vlm_text_scores(vlm, probe, template, batch_size, num_workers, cache_dir):
-    """``texts -> Tensor[N, len(texts)]``: cosines of the probe's images and new texts under ``vlm``,
-    as :meth:`ConceptScores.from_vlm` computes them. The image embeddings are computed once, on first
-    use (read from the cache when ``cache_dir`` is set; otherwise the probe is encoded a second time)."""
-    from neurocore.vlm import embed_images, embed_texts
-
-    images = []
+def _vlm_text_scores(vlm, images, template):
+    """``texts -> Tensor[N, len(texts)]``: cosines of the probe's image embeddings ``images`` and new
+    texts under ``vlm``, as :meth:`ConceptScores.from_vlm` computes them."""
+    from neurocore.vlm import embed_texts
 
     def encode(texts):
-        if not images:
-            images.append(
-                embed_images(vlm, probe, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, progress=False)
-            )
-        return images[0].embeddings @ embed_texts(vlm, texts, template=template, progress=False).T
+        return images.embeddings @ embed_texts(vlm, texts, template=template, progress=False).T
 
     return encode
