@@ -1,16 +1,9 @@
 """Evaluating explanations: final-layer metrics, simulation scores, top impact."""
 
-from neurocore.evaluate._impact import (
-    DEFAULT_BETAS,
-    TEMPERATURE,
-    Head,
-    TopImpact,
-    activation_area_chart,
-    head_after,
-    replace_units,
-    top_impact,
-    top_impact_from_impacts,
-)
+from neurocore.evaluate._inputs import TEMPERATURE
+from neurocore.evaluate._top_impact import DEFAULT_BETAS, TopImpact, top_impact, top_impact_from_impacts
+from neurocore.probe._replace import Head, head_after, replace_units
+from neurocore.report._figures import activation_area_chart
 from neurocore.evaluate._simulation import (
     CONCEPT_SOURCE_KEY,
     SimulationScores,

@@ -174,31 +174,105 @@ def summarise(output: torch.Tensor, summary: str = "mean", layer: str = "layer")
 
 
 @contextlib.contextmanager
-def capture(modules: Mapping[str, nn.Module], transform: Callable[[str, torch.Tensor], torch.Tensor]) -> Iterator[dict]:
-    """Forward hooks on ``modules`` that keep ``transform(name, output)`` of each; removed on exit,
-    also when the forward pass raises.
+def capture(
+    modules: Mapping[str, nn.Module],
+    transform: Callable[[str, torch.Tensor], torch.Tensor],
+    *,
+    layouts: dict[str, str] | None = None,
+    batch: int | None = None,
+    model: nn.Module | None = None,
+) -> Iterator[dict]:
+    """Forward hooks on ``modules`` that keep ``transform(name, output)`` of each, the output taken **as it
+    left the module**; removed on exit, also when the forward pass raises.
 
-    Yields a dict ``{"outputs": {name: tensor}, "calls": {name: count}}`` filled during the forward
-    pass. A module called several times in one pass (torchvision's ResNet blocks reuse one ReLU) keeps
-    its last call's output.
+    The output reaches ``transform`` in canonical layout (:mod:`neurocore.probe._layout`): ``[B, C, H, W]``,
+    ``[B, T, C]`` or ``[B, C]``. Whatever ``transform`` returns is copied when it shares memory with the
+    module's output, so a later in-place op of the model (``ReLU(inplace=True)``, ``out += identity``,
+    ``SiLU(inplace=True)``) cannot change what was captured; reductions (means, maxima) are new tensors
+    already and cost no copy.
+
+    Args:
+        modules: name -> module to hook.
+        transform: ``(name, canonical output) -> what to keep``.
+        layouts: name -> layout (:data:`~neurocore.probe._layout.LAYOUTS`); ``"auto"`` entries are
+            resolved on the first call and written back into this dict. None: all ``"auto"``.
+        batch: the input's batch size (needed to find the batch axis); None: taken as the output's axis 0.
+        model: the whole model; with ``"auto"`` layouts its leaf modules are watched during this pass
+            for channel evidence (:func:`~neurocore.probe._layout.channel_evidence`).
+
+    Yields a dict ``{"outputs": {name: tensor}, "calls": {name: count}, "ambiguous": [names]}`` filled
+    during the forward pass. A module called several times in one pass (torchvision's ResNet blocks reuse
+    one ReLU) keeps its last call's output. ``ambiguous`` lists 3-D layers whose batch axis could not be
+    told (first two sizes both equal ``batch``): their outputs are not kept; resolve them by running one
+    image (see :func:`neurocore.probe._forward.hooked_forward`).
     """
-    state: dict = {"outputs": {}, "calls": dict.fromkeys(modules, 0)}
+    from neurocore.probe._layout import channel_evidence, check_layout, resolve_layout, to_canonical
+
+    layouts = layouts if layouts is not None else dict.fromkeys(modules, "auto")
+    state: dict = {"outputs": {}, "calls": dict.fromkeys(modules, 0), "ambiguous": [], "evidence": None}
     handles = []
 
     def make_hook(name):
         def hook(module, inputs, output):
-            state["outputs"][name] = transform(name, layer_output(output, name))
+            out = layer_output(output, name)
+            b = batch if batch is not None else out.shape[0]
+            layout = layouts.get(name, "auto")
+            if layout == "auto":
+                own = _own_evidence(module, out)
+                layout = resolve_layout(
+                    name, out.shape, b, own or state["evidence"], own=own is not None, strides=out.stride()
+                )
+                if layout is None:
+                    state["ambiguous"].append(name)
+                    state["calls"][name] += 1
+                    return
+                layouts[name] = layout
+            else:
+                check_layout(name, layout, out.shape, b)
+            kept = transform(name, to_canonical(out, layout))
+            if isinstance(kept, torch.Tensor) and _shares_memory(kept, out):
+                kept = kept.clone()
+            state["outputs"][name] = kept
             state["calls"][name] += 1
 
         return hook
 
+    def watch(module, inputs, output):
+        ev = channel_evidence(module, output)
+        if ev is not None:
+            state["evidence"] = ev
+
     try:
+        if model is not None and any(layouts.get(name, "auto") == "auto" for name in modules):
+            for m in model.modules():
+                if next(m.children(), None) is None and isinstance(m, _EVIDENCE_TYPES):
+                    handles.append(m.register_forward_hook(watch))
+        # Registered after the watchers: a hooked leaf sees its own evidence first (see _own_evidence).
         for name, module in modules.items():
             handles.append(module.register_forward_hook(make_hook(name)))
         yield state
     finally:
         for h in handles:
             h.remove()
+
+
+def _own_evidence(module, out):
+    from neurocore.probe._layout import channel_evidence
+
+    return channel_evidence(module, out)
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.numel() > 0
+    except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. some subclasses): copy to be safe
+        return True
+
+
+_EVIDENCE_TYPES = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.Linear, nn.LayerNorm,
+)
 
 
 def model_device(model: nn.Module, device=None) -> torch.device:
@@ -208,7 +282,11 @@ def model_device(model: nn.Module, device=None) -> torch.device:
     tensors = [*model.parameters(), *model.buffers()]
     if device is None:
         return tensors[0].device if tensors else torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise NeurocoreError(f"device must be a torch device such as 'cpu' or 'cuda:0'; got {device!r} ({exc})") from None
+    check_device_available(device)
     held = {t.device for t in tensors}
     if len(held) == 1:
         (d,) = held
@@ -218,6 +296,28 @@ def model_device(model: nn.Module, device=None) -> torch.device:
                 f"(model.to({str(device)!r})) or leave device=None to follow it"
             )
     return device
+
+
+def check_device_available(device) -> None:
+    """Raise a clear error when ``device`` is a CUDA device and this machine has none (or not that many).
+
+    Example:
+        >>> check_device_available(torch.device("cpu"))
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no NVIDIA GPU or driver was found"
+        raise NeurocoreError(
+            f"device={str(device)!r} but no CUDA device is available (torch.cuda.is_available() is False: {why}); "
+            "run on the CPU (device='cpu' or leave device unset) or on a machine with a GPU"
+        )
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise NeurocoreError(
+            f"device={str(device)!r} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
 
 
 def model_float_dtype(model: nn.Module) -> torch.dtype | None:

@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from neurocore._errors import NeurocoreError
-from neurocore.probe._cache import LayerCache, recording_key, row_digests
+from neurocore.probe._cache import LayerCache, cacheable_preprocessing, check_cached_rows, recording_key, row_digests
 from neurocore.probe._data import iter_batches, probe_length
+from neurocore.probe._forward import hooked_forward
+from neurocore.probe._layout import layer_layouts
+from neurocore.probe._maps import spatial_maps  # noqa: F401  (its home before the probe/ split)
 from neurocore.probe._layers import (
-    capture,
     eval_mode,
     layer_summaries,
     model_device,
@@ -33,9 +35,11 @@ def record(
     probe,
     *,
     summary: str | Mapping[str, str] = "mean",
+    layout: str | Mapping[str, str] = "auto",
     top_k: int = 100,
     batch_size: int = 64,
     transform: Callable | None = None,
+    transform_key: str | None = None,
     device=None,
     cache_dir=None,
     num_workers: int = 0,
@@ -50,6 +54,10 @@ def record(
     under ``torch.inference_mode()``; every module's training flag is restored afterwards and every
     hook is removed, also when the model or the data raises.
 
+    Each output is taken as it left the module: a later in-place op of the model (``ReLU(inplace=True)``
+    after a ``Linear``, ``out += identity``) does not change what is recorded. Channels-last maps and
+    sequence-first tokens are recognised (``layout``), so neurons are always channels.
+
     Rows of the result are the readable images in dataset order: unreadable images are skipped with
     one warning counting them (``store.skipped`` lists them), and ``store.dataset_indices`` maps rows
     back to dataset indices. A layer returning a tuple or list is recorded from its first element; a
@@ -57,15 +65,32 @@ def record(
     Dead neurons (max summary < 0.01) are reported with a warning per layer and by ``store.dead()``.
 
     Caching (``cache_dir``): each layer's summaries are written chunk by chunk (``chunk_size`` dataset
-    indices per file, atomically) into a folder keyed by the model's class and weights digest, the
-    layer, the summary, ``transform`` and the probe's own transform, the probe's type, length and
-    fingerprint (:func:`probe_fingerprint`: identity and order), and neurocore's version. An
-    interrupted run resumes after its last whole chunk; another key never reads these files. A probe
-    without a fingerprint is read again on every run and each row is reused only if a digest of its
-    index, id, label and input tensor matches the stored one (else it is recomputed). Layers already
-    cached are not run again when recorded with new ones. The top-k is always recomputed from the
-    summaries, so ``top_k`` changes never reuse a stale selection. A transform whose ``repr`` holds a
-    memory address (a lambda) changes the key on every run: use a named callable to benefit.
+    indices per file, atomically) into a folder keyed by the model's class, every tensor its forward
+    reads (parameters, buffers including non-persistent ones, their dtypes: :func:`weights_digest`),
+    its structure and code (``repr(model)``, so each module's settings such as ``inplace``, ``eps`` or
+    ``stride``, parameter-free modules included; the bytecode of every module class's methods; its
+    forward hooks), the layer, summary and layout, ``transform`` and the probe's own transform (their
+    reprs, or ``transform_key``), the probe's type, length and fingerprint (:func:`probe_fingerprint`:
+    identity and order), and neurocore's version. An interrupted run resumes after its last whole
+    chunk; another key never reads these files. A probe without a fingerprint is read again on every
+    run and each row is reused only if a digest of its index, id, label and input tensor matches the
+    stored one (else it is recomputed). Layers already cached are not run again when recorded with new
+    ones. The top-k is always recomputed from the summaries, so ``top_k`` changes never reuse a stale
+    selection.
+
+    The key cannot see a plain Python attribute read by ``forward`` (``self.gain = 3.0``) unless the
+    module's ``extra_repr`` prints it, nor functions outside the module classes that ``forward`` calls,
+    nor global settings. So whenever a cache is reused, the first and last reused rows are recomputed
+    (one forward pass of two images) and compared with the cached summaries (to 1e-4 of the layer's
+    scale; 1e-2 under TF32, 2e-2 in half precision); a layer that differs is recomputed entirely, with a
+    warning, and its chunks are overwritten. A change that leaves those rows equal but not others
+    goes unseen: use one ``cache_dir`` per experiment (or delete it) when changing such things.
+
+    A transform whose ``repr`` does not describe it (torchvision's ``Lambda`` prints ``Lambda()``; a
+    function, lambda or ``functools.partial`` prints a name or a memory address), in ``transform`` or
+    in ``probe.transform``, at any depth of a ``Compose``, cannot key the cache: the recording then
+    runs without the cache, with a warning. Give it a ``__repr__`` that states its parameters, or name
+    the preprocessing with ``transform_key``.
 
     Args:
         model: any ``torch.nn.Module``.
@@ -73,9 +98,17 @@ def record(
         probe: a map-style dataset yielding images or ``(image, label)`` (e.g. :class:`ImageFolder`).
         summary: ``"mean"`` (default), ``"max"`` or ``"first"`` (CLS token of [B, T, C] outputs), or a
             dict layer -> summary.
+        layout: where the batch and channels sit in each layer's output: ``"auto"`` (default: decided from
+            the batch size and the modules that set the channels, refused when it cannot be told),
+            ``"NCHW"``, ``"NHWC"`` (Swin stages), ``"NLC"`` (tokens), ``"LNC"`` (sequence-first tokens),
+            ``"NCL"``, ``"NC"``; or a dict layer -> layout (:mod:`neurocore.probe._layout`).
         top_k: images kept per neuron (100: CLIP-Dissect's default).
         batch_size: images per forward pass.
         transform: applied to each probe image (the model's preprocessing), e.g. PIL -> tensor.
+        transform_key: a name for the preprocessing (``transform`` and the probe's own) that the cache
+            key uses besides the reprs, so that transforms whose repr does not describe them
+            (``T.Lambda``, functions) can be cached; give each distinct preprocessing its own name.
+            None (default): the reprs alone, which must then describe the transforms.
         device: where the inputs go; default: the device of the model's parameters. The model is never
             moved: a device other than the one holding its weights is an error.
         cache_dir: a folder for the on-disk cache (created if needed); None: no cache.
@@ -103,21 +136,25 @@ def record(
     modules = resolve_layers(model, layers)
     names = list(modules)
     summaries = layer_summaries(summary, names)
+    layouts = layer_layouts(layout, names)
     recorder = ActivationRecorder(names, summaries, top_k)
     for value, what in ((batch_size, "batch_size"), (chunk_size, "chunk_size")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise NeurocoreError(f"{what} must be an integer >= 1; got {value!r}")
     n = _probe_length(probe)
-    base_key = recording_key(model, probe, transform)
+    base_key = recording_key(model, probe, transform, transform_key)
     caches = None
-    if cache_dir is not None:
+    if cache_dir is not None and cacheable_preprocessing(transform, probe, transform_key):
         caches = {
-            name: LayerCache(cache_dir, {**base_key, "layer": name, "summary": summaries[name]}, chunk_size)
+            name: LayerCache(cache_dir, {**base_key, "layer": name, "summary": summaries[name], "layout": layouts[name]}, chunk_size)
             for name in names
         }
+        # what the key cannot see: recompute a few reused rows, clear layers that no longer match
+        check_cached_rows(caches, model, modules, summaries, probe, transform, model_device(model, device),
+                          verify_rows=base_key["probe_fingerprint"] is None, layouts=layouts)
     run = _Recording(
         model, modules, summaries, probe, recorder, caches, chunk_size, model_device(model, device),
-        verify_rows=caches is not None and base_key["probe_fingerprint"] is None,
+        verify_rows=caches is not None and base_key["probe_fingerprint"] is None, layouts=layouts,
     )
     with eval_mode(model):
         run.run(batch_size, transform, num_workers, progress)
@@ -125,7 +162,9 @@ def record(
         first = "; ".join(f"{i}: {why}" for i, why in run.skipped[:3])
         raise NeurocoreError(f"none of the {n} probe images could be read (e.g. {first})")
     store = recorder.compute()
-    key = {**base_key, "layers": dict(summaries), "top_k": top_k}
+    # A layer served wholly from the cache ran no forward pass: its layout is the one the cache recorded.
+    layouts = {n: run.cached_layouts.get(n, "auto") if lay == "auto" else lay for n, lay in run.layouts.items()}
+    key = {**base_key, "layers": dict(summaries), "layouts": layouts, "top_k": top_k}
     store = replace(store, key=key, skipped=tuple(run.skipped))
     if run.skipped:
         first = ", ".join(f"{i} ({why})" for i, why in run.skipped[:3])
@@ -144,80 +183,6 @@ def record(
     return store
 
 
-def spatial_maps(
-    model: nn.Module,
-    layer: str,
-    probe,
-    indices,
-    *,
-    transform: Callable | None = None,
-    device=None,
-    batch_size: int = 32,
-) -> torch.Tensor:
-    """Re-run ``model`` on a few probe images and return ``layer``'s full, un-summarised output.
-
-    ``indices`` are **dataset indices** of ``probe``. A store's rows map to them through
-    ``store.dataset_indices``: the maps of neuron k's top images are
-    ``spatial_maps(model, layer, probe, store.dataset_indices[store[layer].top_indices[:, k]])``.
-
-    Args:
-        model: the recorded model (eval mode and inference mode during the call, flags restored).
-        layer: one module name.
-        probe: the probe dataset (as given to :func:`record`).
-        indices (Tensor[n] int64 or a sequence of ints): dataset indices, in the order wanted (repeats allowed).
-        transform: the preprocessing given to :func:`record`.
-        device: where the model runs; default: the device of its parameters.
-        batch_size: images per forward pass.
-
-    Returns:
-        Tensor[n, C, H, W] for conv maps, Tensor[n, T, C] for tokens, Tensor[n, C] for 2-D outputs;
-        float32, CPU, in the order of ``indices``.
-
-    Raises:
-        NeurocoreError: a wrong layer name, empty or out-of-range indices, an unreadable image among
-            them, a layer that never runs.
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-        >>> probe = [torch.rand(3, 8, 8) for _ in range(5)]
-        >>> spatial_maps(net, "0", probe, [4, 1]).shape
-        torch.Size([2, 4, 6, 6])
-    """
-    if not isinstance(layer, str):
-        raise NeurocoreError(f"layer must be one module name (a string); got {layer!r}")
-    modules = resolve_layers(model, layer)
-    n = _probe_length(probe)
-    idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1).tolist()
-    if not idx:
-        raise NeurocoreError("indices is empty: give the dataset indices of the images whose maps you need")
-    bad = [i for i in idx if not 0 <= i < n]
-    if bad:
-        raise NeurocoreError(
-            f"indices must be dataset indices in [0, {n}); got {bad[:5]}. Map store rows with store.dataset_indices[rows]"
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise NeurocoreError(f"batch_size must be an integer >= 1; got {batch_size!r}")
-    device = model_device(model, device)
-    dtype = model_float_dtype(model)
-    view = _Selection(probe, idx)
-    skipped: list = []
-    maps = []
-
-    def keep(name, out):
-        # A copy: later in-place ops of the model (ReLU(inplace=True), `out += identity`) would change it.
-        return out.detach().to("cpu", torch.float32, copy=True)
-
-    with eval_mode(model):
-        for b, batch in enumerate(iter_batches(view, batch_size, transform, skipped=skipped)):
-            where = f"dataset indices {[idx[i] for i in batch.indices.tolist()][:8]}"
-            outs, _ = _forward(model, modules, batch.images, device, dtype, keep, where)
-            maps.append(outs[layer])
-    if skipped:
-        pos, why = skipped[0]
-        raise NeurocoreError(f"probe image {idx[pos]} could not be read ({why}); maps need readable images")
-    return torch.cat(maps)  # outside inference mode: a normal tensor, usable with autograd
-
-
 # ----------------------------------------------------------------------------------------------
 
 
@@ -228,48 +193,21 @@ def _probe_length(probe) -> int:
     return n
 
 
-class _Selection(torch.utils.data.Dataset):
-    """Some items of a dataset, in a given order (ids stay the dataset's own)."""
-
-    def __init__(self, dataset, indices: list[int]):
-        self.dataset = dataset
-        self.indices = indices
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.dataset[self.indices[i]]
-
-
-def _forward(model, modules, images, device, dtype, keep, where):
-    """One forward pass with hooks on ``modules``; returns ({name: keep(name, output)}, {name: calls})."""
-    x = images.to(device)
-    if dtype is not None and x.is_floating_point():
-        x = x.to(dtype)
-    with capture(modules, keep) as state:
-        try:
-            with torch.inference_mode():
-                model(x)
-        except Exception as exc:
-            if hasattr(exc, "add_note"):  # Python >= 3.11; keeps the exception's type
-                exc.add_note(f"neurocore: while running the model on probe {where}, input shape {tuple(x.shape)}")
-            raise
-    never = [name for name, calls in state["calls"].items() if calls == 0]
-    if never:
-        raise NeurocoreError(
-            f"layer(s) {never} never ran during the forward pass of {type(model).__name__} (defined but unused, "
-            "or skipped by the model's forward); choose modules that run"
-        )
-    return state["outputs"], state["calls"]
+def _forward(model, modules, images, device, dtype, keep, where, layouts=None):
+    """One forward pass with hooks on ``modules`` (:func:`~neurocore.probe._forward.hooked_forward`);
+    returns ({name: keep(name, output)}, {name: calls})."""
+    outputs, calls, _ = hooked_forward(model, modules, images, keep=keep, layouts=layouts, device=device, dtype=dtype, where=where)
+    return outputs, calls
 
 
 class _Recording:
     """One call of :func:`record`: walks the probe chunk by chunk, reusing cached rows and computing
     the rest, writing finished chunks and feeding them to the recorder in dataset order."""
 
-    def __init__(self, model, modules, summaries, probe, recorder, caches, chunk_size, device, verify_rows):
+    def __init__(self, model, modules, summaries, probe, recorder, caches, chunk_size, device, verify_rows, layouts=None):
         self.model, self.modules, self.summaries, self.probe = model, modules, summaries, probe
+        self.layouts = dict(layouts) if layouts is not None else dict.fromkeys(modules, "auto")
+        self.cached_layouts: dict[str, str] = {}
         self.recorder, self.caches, self.chunk_size, self.device = recorder, caches, chunk_size, device
         self.verify_rows = verify_rows
         self.dtype = model_float_dtype(model)
@@ -285,6 +223,9 @@ class _Recording:
             for name, cache in caches.items():
                 for c in range(self.num_chunks):
                     self.cached[name][c] = cache.load(c, *self._range(c))
+                    found = (self.cached[name][c] or {}).get("layout")
+                    if found and self.layouts[name] == "auto":
+                        self.cached_layouts[name] = found
 
     def _range(self, c: int) -> tuple[int, int]:
         return c * self.chunk_size, min((c + 1) * self.chunk_size, self.n)
@@ -341,7 +282,9 @@ class _Recording:
             sel = idx[any_need].tolist()
             where = f"batch {b} (dataset indices {sel[0]}..{sel[-1]})"
             inputs = batch.images if bool(any_need.all()) else batch.images[any_need]
-            computed, calls = _forward(self.model, hooked, inputs, self.device, self.dtype, self._summarise, where)
+            computed, calls = _forward(
+                self.model, hooked, inputs, self.device, self.dtype, self._summarise, where, self.layouts
+            )
             for name, s in computed.items():
                 check_finite(s, name, where)
                 if calls[name] > 1 and name not in self._warned_calls:
@@ -439,7 +382,8 @@ class _Recording:
         chunks = {}
         for name in self.modules:
             data = {
-                "layer": name, "start": start, "stop": stop, "summaries": rows[name], "dataset_indices": indices,
+                "layer": name, "layout": self.layouts[name], "start": start, "stop": stop, "summaries": rows[name],
+                "dataset_indices": indices,
                 "ids": list(ids), "labels": labels, "digests": digests, "skipped": [list(s) for s in skipped],
             }
             old = self.cached[name][c]

@@ -1,6 +1,7 @@
 """Reports: summary tables and one self-contained HTML page per run."""
 
+from neurocore.report._figures import activation_area_chart
 from neurocore.report._html import write_html_report
 from neurocore.report._tables import layer_summary
 
-__all__ = ["write_html_report", "layer_summary"]
+__all__ = ["write_html_report", "layer_summary", "activation_area_chart"]
