@@ -10,7 +10,7 @@ from neurocore.concepts._calibrate import (
 )
 from neurocore.concepts._label_matrix import label_concept_matrix
 from neurocore.concepts._sets import builtin_concept_sets, imagenet_class_names, imagenet_wnids, load_concepts
-from neurocore.concepts._wordnet import WordNetHierarchy, wordnet_hierarchy
+from neurocore.concepts._wordnet import WordNetHierarchy, display_class_names, wordnet_hierarchy, wordnet_name
 
 __all__ = [
     "label_concept_matrix",
@@ -26,4 +26,6 @@ __all__ = [
     "imagenet_class_names",
     "WordNetHierarchy",
     "wordnet_hierarchy",
+    "wordnet_name",
+    "display_class_names",
 ]

@@ -223,3 +223,50 @@ def wordnet_hierarchy() -> WordNetHierarchy:
         (82115, True, 'entity')
     """
     return _load_table()
+
+
+def wordnet_name(wnid: str) -> str:
+    """The readable name of a WordNet noun id: its synset's first lemma, spaces for underscores.
+
+    Args:
+        wnid: ``"n"`` + the synset's 8-digit WordNet 3.0 offset (ImageNet's class ids).
+
+    Returns:
+        The head word, e.g. ``"goldfish"`` for ``"n01443537"``.
+
+    Raises:
+        NeurocoreError: ``wnid`` is not a WordNet id, or not a WordNet 3.0 noun synset.
+
+    Example:
+        >>> wordnet_name("n01443537"), wordnet_name("n02124075")
+        ('goldfish', 'Egyptian cat')
+    """
+    return wordnet_hierarchy().name(wnid)
+
+
+def display_class_names(classes: Sequence[str]) -> tuple[str, ...]:
+    """Readable class names for tables and reports: WordNet ids become their WordNet names.
+
+    A name that is a WordNet noun id (an ImageNet/Tiny-ImageNet folder such as ``n01443537``) becomes
+    :func:`wordnet_name` of it; every other name (and an id that WordNet 3.0 lacks) stays as it is.
+    Names stay distinct: when a converted name equals another class's name, the converted ones get
+    their id appended (``"crane (n02012849)"``). The hierarchy is loaded only when some name looks
+    like an id.
+
+    Args:
+        classes: class names, in class order.
+
+    Returns:
+        One readable name per class, in the same order.
+
+    Example:
+        >>> display_class_names(["n01443537", "cat", "n02012849", "n03126707"])
+        ('goldfish', 'cat', 'crane (n02012849)', 'crane (n03126707)')
+    """
+    classes = [str(c) for c in classes]
+    wn = wordnet_hierarchy() if any(_WNID.fullmatch(c) for c in classes) else None
+    names = [wn.name(c) if wn is not None and c in wn else c for c in classes]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return tuple(f"{n} ({c})" if n != c and counts[n] > 1 else n for n, c in zip(names, classes))
