@@ -8,6 +8,7 @@ neurocore.vlm build a stock architecture (ViT-S-32).
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import PIL.Image
@@ -232,3 +233,60 @@ def test_short_context_text_path_equals_full_encode_text(vlm):
     finally:
         handle.remove()
     assert calls and max(calls) < tokens.shape[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# texts longer than the text encoder's context (CLIP: 77 tokens) are cut: say so (issue 8, fault 8)
+
+LONG_CAT = "a striped " + "word " * 80 + "cat"
+LONG_DOG = "a striped " + "word " * 80 + "dog"  # differs from LONG_CAT only after the cut
+
+
+def test_texts_that_fit_do_not_warn(vlm):
+    assert vlm.context_length == 77
+    exactly = "a " * 75  # 75 tokens + start and end tokens = 77
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vlm.encode_texts(["dog", exactly, "a photo of a red traffic light"])
+    assert vlm.truncated_texts([exactly, exactly + "a"]) == ([1], [[0, 1]])
+
+
+def test_cut_texts_warn_once_naming_them_and_the_identical_ones(vlm):
+    with pytest.warns(UserWarning) as caught:
+        emb = vlm.encode_texts([LONG_CAT, "dog", LONG_DOG])
+    messages = [str(w.message) for w in caught if "context" in str(w.message)]
+    assert len(messages) == 1
+    assert re.search(r"2 of 3 texts are longer than the text encoder's context of 77 tokens", messages[0])
+    assert re.search(r"same embedding: '.*cat' = '.*dog'", messages[0])
+    torch.testing.assert_close(emb[0], emb[2])  # what the warning is about
+    # cut but still distinct: named, no claim of identical embeddings
+    with pytest.warns(UserWarning, match=r"1 of 2 texts .*context of 77") as caught:
+        vlm.encode_texts(["cat " + "word " * 80, "dog"])
+    assert not [w for w in caught if "same embedding" in str(w.message)]
+
+
+def test_embed_texts_warns_once_over_all_chunks_and_on_cache_hits(tmp_path):
+    from neurocore.vlm import embed_texts
+
+    small = tiny(batch_size=2)  # five prompts: three encode_texts calls
+    for _ in range(2):  # computed, then read from the cache
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            embed_texts(small, ["dog", "striped " + "word " * 80 + "cat", "car", "striped " + "word " * 80 + "dog", "x"],
+                        template="a photo of a {}", cache_dir=tmp_path, progress=False)
+        cut = [str(w.message) for w in caught if "context of 77" in str(w.message)]
+        assert len(cut) == 1 and "2 of 5 texts" in cut[0] and "same embedding" in cut[0]
+
+
+def test_image_embeddings_are_not_cached_with_an_undescribed_preprocess(tmp_path):
+    from torchvision import transforms as T
+
+    probe = _probe(tmp_path / "p", n=3)
+    model = tiny()
+    model.preprocess = T.Compose([model.preprocess, T.Lambda(lambda x: x * 2)])
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match=r"not caching: the repr of vlm\.preprocess\.transforms\[1\]: Lambda\(\)"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="skipped 1 unreadable")
+            ConceptScores.from_vlm(model, probe, ["dog", "cat"], cache_dir=cache, progress=False)
+    assert [p.name.split("-")[0] for p in cache.iterdir()] == ["text_embeddings"]

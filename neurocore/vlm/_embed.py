@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from neurocore._errors import NeurocoreError
 from neurocore.vlm._protocol import VisionLanguageModel
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the probe's own transform in the image key
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,20 @@ def image_cache_key(vlm: VisionLanguageModel, probe) -> dict | None:
         "kind": "image_embeddings",
         "vlm": vlm.identity,
         "preprocess": describe_transform(vlm.preprocess),
+        # an ImageFolder's own transform (PIL -> PIL) shapes what the model sees, not the fingerprint
+        "probe_transform": describe_transform(getattr(probe, "transform", None)),
         "dataset": fingerprint,
         "dataset_size": len(probe),
     }
+
+
+def _undescribed_preprocessing(vlm, probe) -> list[str]:
+    """Parts of the preprocessing whose repr does not describe them: they cannot key a cache."""
+    from neurocore.probe._cache import undescribed_transforms
+
+    return undescribed_transforms(vlm.preprocess, "vlm.preprocess") + undescribed_transforms(
+        getattr(probe, "transform", None), "probe.transform"
+    )
 
 
 def embed_images(
@@ -156,7 +167,10 @@ def embed_images(
         batch_size: images per forward pass.
         num_workers: DataLoader workers that read and preprocess images.
         cache_dir: folder for cached embeddings (None: no caching). A probe without a
-            ``fingerprint()`` cannot be identified, so its embeddings are not cached (with a warning).
+            ``fingerprint()`` cannot be identified, so its embeddings are not cached (with a warning);
+            neither are they when ``vlm.preprocess`` or the probe's own ``transform`` has a part whose
+            repr does not describe it (torchvision's ``Lambda``, a function or lambda), since another
+            preprocessing would share the key.
         progress: show a progress bar.
 
     Returns:
@@ -176,6 +190,15 @@ def embed_images(
             warnings.warn(
                 f"the probe ({type(probe).__name__}) has no fingerprint(), so its image embeddings cannot be "
                 "keyed and are not cached; use neurocore.probe.ImageFolder to cache them",
+                stacklevel=2,
+            )
+        elif _undescribed_preprocessing(vlm, probe):
+            from neurocore.probe._cache import uncacheable_message
+
+            warnings.warn(
+                "embed_images(cache_dir=...) is " + uncacheable_message(
+                    _undescribed_preprocessing(vlm, probe)
+                ) + "; the image embeddings are computed without the cache",
                 stacklevel=2,
             )
         else:
@@ -258,6 +281,10 @@ def embed_texts(
         cache_dir: folder for cached embeddings (None: no caching).
         progress: show a progress bar.
 
+    A model with a ``truncation_warning(texts)`` method (:class:`OpenClip`: CLIP reads 77 tokens) is
+    asked about all prompts at once; texts longer than its context are named in one warning (also
+    when the embeddings come from the cache), distinct texts that the cut makes identical explicitly.
+
     Returns:
         Tensor[M, d] float32 on the CPU, L2-normalised rows.
 
@@ -272,6 +299,11 @@ def embed_texts(
     if not texts:
         raise NeurocoreError("texts is empty; give at least one text to encode")
     prompts = apply_template(texts, template)
+    # A model that can tell texts longer than its context (OpenClip) is asked once for all prompts
+    # (encode_texts sees one chunk at a time); the warning is kept with the cache, so a hit repeats
+    # it: a cached embedding of a cut text is as wrong as a fresh one.
+    truncation_warning = getattr(vlm, "truncation_warning", None)
+    checks_truncation = callable(truncation_warning)
     key = {
         "format": CACHE_FORMAT,
         "kind": "text_embeddings",
@@ -285,7 +317,12 @@ def embed_texts(
         path = _cache_file(cache_dir, "text_embeddings", key)
         hit = _read_cache(path, key)
         if hit is not None:
+            if hit.get("truncation_warning"):
+                warnings.warn(hit["truncation_warning"], stacklevel=2)
             return hit["embeddings"]
+    message = truncation_warning(prompts) if checks_truncation else None
+    if message:
+        warnings.warn(message, stacklevel=2)
     chunk = max(1, int(getattr(vlm, "batch_size", 256)))
     starts = range(0, len(prompts), chunk)
     if progress:
@@ -295,10 +332,10 @@ def embed_texts(
     out = []
     for s in starts:
         part = prompts[s : s + chunk]
-        emb = vlm.encode_texts(part)
+        emb = vlm.encode_texts(part, warn_truncation=False) if checks_truncation else vlm.encode_texts(part)
         _check_embeddings(emb, len(part), "encode_texts")
         out.append(F.normalize(emb.detach().to("cpu", torch.float32), dim=1))
     result = torch.cat(out)
     if path is not None:
-        _write_cache(path, {"key": key, "embeddings": result})
+        _write_cache(path, {"key": key, "embeddings": result, "truncation_warning": message})
     return result

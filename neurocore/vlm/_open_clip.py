@@ -207,29 +207,105 @@ class OpenClip:
         with torch.inference_mode():
             return self.model.encode_image(images.to(self._device, dtype)).float()
 
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode_texts(self, texts: Sequence[str], *, warn_truncation: bool = True) -> torch.Tensor:
         """Embed texts, :attr:`batch_size` at a time.
+
+        The text encoder reads a fixed number of tokens (CLIP: 77); longer texts are cut, with one
+        warning per call (:meth:`truncation_warning`).
 
         Args:
             texts: M strings (used as given: apply any prompt template before).
+            warn_truncation: check for texts longer than the context (False: the caller checked).
 
         Returns:
             Tensor[M, d] float32 on :attr:`device`: text embeddings (not normalised).
         """
-        if isinstance(texts, str):
-            raise NeurocoreError("texts must be a sequence of strings, not one string; wrap it in a list")
-        texts = list(texts)
-        if not texts:
-            raise NeurocoreError("texts is empty; give at least one text to encode")
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise NeurocoreError(f"texts must be strings; item {bad[0]} is a {type(texts[bad[0]]).__name__}")
+        texts = _check_texts(texts)
+        message = self.truncation_warning(texts) if warn_truncation else None
+        if message:
+            warnings.warn(message, stacklevel=2)
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
                 tokens = self._tokenizer(texts[i : i + self.batch_size]).to(self._device)
                 out.append(self._encode_tokens(tokens).float())
         return torch.cat(out)
+
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the text encoder reads (CLIP: 77); None when the tokenizer does not say."""
+        length = getattr(self._tokenizer, "context_length", None) or getattr(self.model, "context_length", None)
+        return int(length) if length else None
+
+    def truncated_texts(self, texts: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """Which texts do not fit the text encoder's context, and which become identical once cut.
+
+        Args:
+            texts: M strings.
+
+        Returns:
+            ``(cut, same)``: the indices of the texts longer than :attr:`context_length` tokens (the
+            encoder reads their first tokens only), and groups of indices of distinct texts, at least
+            one of them cut, whose tokens (so whose embeddings) are identical after the cut.
+
+        Example:
+            >>> import warnings
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")
+            ...     vlm = OpenClip("ViT-S-32")
+            >>> vlm.truncated_texts(["a dog", "a " * 80 + "cat", "a " * 80 + "dog"])
+            ([1, 2], [[1, 2]])
+        """
+        texts = _check_texts(texts)
+        length = self.context_length
+        if length is None:
+            return [], []
+        tok = self._tokenizer
+        try:
+            # One more position than the encoder reads: a text fits when that position holds padding
+            # (what the empty text has there), whatever the tokenizer does when it cuts.
+            longer = tok(texts, context_length=length + 1)
+            pad = tok([""], context_length=length + 1)[0, -1]
+        except TypeError:  # a tokenizer without a context_length argument: nothing to compare with
+            return [], []
+        cut_mask = longer[:, length] != pad
+        cut = cut_mask.nonzero().flatten().tolist()
+        if not cut:
+            return [], []
+        # Only texts that fill the whole context (cut ones, or ones that fit exactly) can share tokens
+        # with a cut text: compare their tokens as the encoder sees them.
+        full = (longer[:, length - 1] != pad).nonzero().flatten().tolist()
+        groups: dict[bytes, list[int]] = {}
+        for i, row in zip(full, tok([texts[i] for i in full], context_length=length)):
+            groups.setdefault(row.numpy().tobytes(), []).append(i)
+        same = []
+        for members in groups.values():
+            distinct = list({texts[i]: i for i in members}.values())
+            if len(distinct) > 1 and any(cut_mask[i] for i in distinct):
+                same.append(sorted(distinct))
+        return cut, sorted(same)
+
+    def truncation_warning(self, texts: Sequence[str]) -> str | None:
+        """The warning for texts longer than the text encoder's context (None when all fit): how many,
+        a few of them by name, and, explicitly, the distinct texts that the cut makes identical (they
+        get the same embedding). :meth:`encode_texts` issues it."""
+        texts = _check_texts(texts)
+        cut, same = self.truncated_texts(texts)
+        if not cut:
+            return None
+        examples = ", ".join(_show(texts[i]) for i in cut[:3]) + (", ..." if len(cut) > 3 else "")
+        message = (
+            f"{len(cut)} of {len(texts)} texts are longer than the text encoder's context of {self.context_length} "
+            f"tokens ({self.model_name}) and were cut: the words past the cut do not count in their embeddings "
+            f"(e.g. {examples})"
+        )
+        if same:
+            groups = "; ".join(" = ".join(_show(texts[i]) for i in group[:3]) for group in same[:3])
+            message += (
+                f". After the cut, {sum(len(g) for g in same)} distinct texts ({len(same)} group(s)) have the same "
+                f"tokens and so the same embedding: {groups}"
+            )
+        return message + ". Shorten them (put what tells them apart first), or use a model with a longer context"
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``model.encode_text(tokens)``, on the shortest context that holds every end-of-text token.
@@ -263,6 +339,24 @@ class OpenClip:
 
     def __repr__(self) -> str:
         return f"OpenClip({self._identity!r}, device={str(self._device)!r})"
+
+
+def _check_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        raise NeurocoreError("texts must be a sequence of strings, not one string; wrap it in a list")
+    texts = list(texts)
+    if not texts:
+        raise NeurocoreError("texts is empty; give at least one text to encode")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise NeurocoreError(f"texts must be strings; item {bad[0]} is a {type(texts[bad[0]]).__name__}")
+    return texts
+
+
+def _show(text: str, limit: int = 60) -> str:
+    """A long text by its two ends (texts cut at the context differ at the end)."""
+    text = " ".join(text.split())
+    return repr(text) if len(text) <= limit else repr(f"{text[:limit // 2 - 2]} … {text[-(limit // 2 - 2):]}")
 
 
 def load_vlm(spec: str, *, device=None, batch_size: int = 256) -> OpenClip:
