@@ -10,6 +10,7 @@ them (:mod:`neurocore.evaluate`). The compiled kernels are reached through :mod:
 
 from neurocore import ops, reference
 from neurocore._errors import NeurocoreError
+from neurocore._split import Split, split_indices
 from neurocore._extension import ExtensionError, built_with_cuda
 from neurocore.concepts import ConceptScores, load_concepts
 from neurocore.methods import Explanations, NeuronExplanation, dissect, get_method, list_methods, load
@@ -30,6 +31,8 @@ __all__ = [
     "Explanations",
     "NeuronExplanation",
     "load",
+    "Split",
+    "split_indices",
     "get_method",
     "list_methods",
     "NeurocoreError",

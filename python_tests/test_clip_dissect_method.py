@@ -34,11 +34,13 @@ def test_registered():
 
 def test_init_only_stores_settings():
     # no validation in __init__ (STYLE.md §2): bad settings fail in explain
-    m = ClipDissect(method="nope", top_k=-1)
-    assert m.method == "nope" and m.params == {"top_k": -1}
+    m = ClipDissect(similarity="sofwpmi", top_k=-1)
+    assert m.similarity == "sofwpmi" and m.params == {"top_k": -1}
     sims, acts = world()
-    with pytest.raises(NeurocoreError, match="unknown similarity method 'nope'"):
+    with pytest.raises(NeurocoreError, match="unknown similarity 'sofwpmi'.*did you mean 'soft_wpmi'"):
         m.explain(ActivationStore.from_tensor(acts), ConceptScores.from_tensor(sims, CONCEPTS))
+    with pytest.raises(NeurocoreError, match="top_k must be >= 1"):
+        ClipDissect(top_k=-1).explain(ActivationStore.from_tensor(acts), ConceptScores.from_tensor(sims, CONCEPTS))
 
 
 @pytest.mark.parametrize("method", cd.SIMILARITIES)
@@ -46,7 +48,7 @@ def test_explain_planted_and_fields(method):
     sims, acts = world()
     store = ActivationStore.from_tensor(acts, layer="block", top_k=100)
     cs = ConceptScores.from_tensor(sims, CONCEPTS)
-    ex = ClipDissect(method=method).explain(store, cs)
+    ex = ClipDissect(similarity=method).explain(store, cs)
     assert isinstance(ex, Explanations) and ex.method == "clip_dissect" and len(ex) == acts.shape[1]
     assert [n.description for n in ex.neurons[:5]] == [CONCEPTS[i] for i in (4, 17, 0, 29, 11)]
     expected = cd.scores(sims, acts, method)
@@ -59,8 +61,10 @@ def test_explain_planted_and_fields(method):
         assert n.concepts == tuple(CONCEPTS[i] for i in top.indices.tolist())
         torch.testing.assert_close(torch.tensor(n.scores, dtype=torch.float64), top.values, rtol=1e-5, atol=1e-5)
         assert n.top_images == tuple(store["block"].top_indices[:10, k].tolist())
+        assert n.top_dataset_indices == n.top_images and n.top_image_ids == ()  # from_tensor: rows, no ids
+        assert n.label == n.description
         assert not n.dead and not n.is_linear and n.bias == 0
-    assert ex.params["method"] == method
+    assert ex.params["similarity"] == method
     assert ex.params["similarity_params"] == cd.similarity_params(method, **({"seed": 0} if method == "rank_reorder" else {}))
     assert ex.params["concepts"] == CONCEPTS and ex.params["num_images"] == 400 and ex.params["layers"] == ["block"]
 
@@ -77,9 +81,9 @@ def test_interpretable_threshold():
     assert [n.interpretable for n in ex] == [n.similarity > t for n in ex]
     assert 0 < sum(n.interpretable for n in ex) < len(ex)
     # no published cutoff for the other methods: every labelled neuron is interpretable
-    ex = ClipDissect(method="cos").explain(store, cs)
+    ex = ClipDissect(similarity="cos").explain(store, cs)
     assert ex.params["interpretable_threshold"] is None and all(n.interpretable for n in ex)
-    ex = ClipDissect(method="cos", interpretable_threshold=0.5).explain(store, cs)
+    ex = ClipDissect(similarity="cos", interpretable_threshold=0.5).explain(store, cs)
     assert [n.interpretable for n in ex] == [n.similarity > 0.5 for n in ex]
     ex = ClipDissect(interpretable_threshold=None).explain(store, cs)
     assert all(n.interpretable for n in ex)
@@ -108,8 +112,80 @@ def test_dead_and_constant_neurons():
 
 def test_rows_must_match():
     sims, acts = world()
-    with pytest.raises(NeurocoreError, match="store has 399 images but concept_scores has 400 rows.*same probe set in the same order"):
+    with pytest.raises(NeurocoreError, match="store has 399 images but concept_scores has 400.*same images in the same order"):
         ClipDissect().explain(ActivationStore.from_tensor(acts[:399]), ConceptScores.from_tensor(sims, CONCEPTS))
+
+
+@pytest.mark.parametrize("change", ["swap", "rename", "shift"])
+def test_rows_must_be_the_same_images(change):
+    # same number of rows, other images: the first differing row and both ids are named
+    sims, acts = world()
+    ids = [f"class{i % 3}/img{i}.png" for i in range(400)]
+    other = list(ids)
+    if change == "swap":
+        other[7], other[8] = other[8], other[7]
+        row = 7
+    elif change == "rename":
+        other[123] = "class0/new.png"
+        row = 123
+    else:
+        other = other[1:] + other[:1]
+        row = 0
+    store = ActivationStore.from_tensor(acts, image_ids=ids)
+    with pytest.raises(NeurocoreError, match=f"row {row} is '{ids[row]}' in the activation store but '{other[row]}' in concept_scores"):
+        ClipDissect().explain(store, ConceptScores.from_tensor(sims, CONCEPTS, image_ids=other))
+    ClipDissect().explain(store, ConceptScores.from_tensor(sims, CONCEPTS))  # unknown ids: counts only
+
+
+def test_top_images_traceable_after_skipped_images():
+    # the store's rows skip dataset indices 0 and 5 (unreadable files): top images name the files
+    sims, acts = world(n=60, planted=(4,), background=1)
+    kept = [i for i in range(62) if i not in (0, 5)]
+    ids = [f"img{i:03d}.png" for i in kept]
+    store = ActivationStore.from_tensor(acts, image_ids=ids, dataset_indices=torch.tensor(kept))
+    store = replace(store, skipped=((0, "img000.png: truncated"), (5, "img005.png: truncated")))
+    ex = ClipDissect(n_top_images=4).explain(store, ConceptScores.from_tensor(sims, CONCEPTS, image_ids=ids))
+    for n in ex:
+        assert n.top_dataset_indices == tuple(kept[r] for r in n.top_images)
+        assert n.top_image_ids == tuple(f"img{kept[r]:03d}.png" for r in n.top_images)
+    assert ex.skipped == [(0, "img000.png: truncated"), (5, "img005.png: truncated")]
+    assert ex.params["probe"]["num_images"] == 60 and len(ex.params["probe"]["image_ids_sha256"]) == 64
+
+
+def test_similarity_keyword_and_deprecated_method():
+    sims, acts = world()
+    store, cs = ActivationStore.from_tensor(acts), ConceptScores.from_tensor(sims, CONCEPTS)
+    new = ClipDissect(similarity="cos").explain(store, cs)
+    with pytest.warns(DeprecationWarning, match="similarity="):
+        old = ClipDissect(method="cos")
+    assert old.similarity == "cos" and old.method == "cos"
+    assert old.explain(store, cs).descriptions == new.descriptions and new.params["similarity"] == "cos"
+
+
+@pytest.mark.parametrize(
+    "typo, match",
+    [
+        ({"n_top_concept": 3}, "'n_top_concept' \\(did you mean 'n_top_concepts'"),
+        ({"topk": 5}, "'topk' \\(did you mean 'top_k'"),
+        ({"simlarity": "cos"}, "'simlarity' \\(did you mean 'similarity'"),
+        ({"interpretable_treshold": 0.1}, "did you mean 'interpretable_threshold'"),
+    ],
+)
+def test_misspelt_setting_names_its_close_match(typo, match):
+    from neurocore.methods import UnknownSettingError
+
+    with pytest.raises(UnknownSettingError, match=match) as info:
+        ClipDissect(**typo)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, NeurocoreError)
+
+
+@pytest.mark.parametrize("similarity, param", [("cos", {"a": 2.0}), ("wpmi", {"p_start": 0.9}), ("soft_wpmi", {"min_norm": 0.1})])
+def test_similarity_parameter_of_another_similarity(similarity, param):
+    sims, acts = world()
+    store, cs = ActivationStore.from_tensor(acts), ConceptScores.from_tensor(sims, CONCEPTS)
+    name = next(iter(param))
+    with pytest.raises(NeurocoreError, match=f"similarity '{similarity}' has no parameter {name}"):
+        ClipDissect(similarity=similarity, **param).explain(store, cs)
 
 
 def test_wrong_types():
@@ -167,9 +243,9 @@ def test_uses_the_stores_top_indices_when_deep_enough():
 
 def test_required_top_k():
     assert ClipDissect().required_top_k(1000) == 100
-    assert ClipDissect(method="wpmi").required_top_k(1000) == 28
-    assert ClipDissect(method="rank_reorder").required_top_k(10000) == 500
-    assert ClipDissect(method="cos").required_top_k(1000) == 10  # the top images it reports
+    assert ClipDissect(similarity="wpmi").required_top_k(1000) == 28
+    assert ClipDissect(similarity="rank_reorder").required_top_k(10000) == 500
+    assert ClipDissect(similarity="cos").required_top_k(1000) == 10  # the top images it reports
 
 
 def test_settings_validated():
@@ -177,8 +253,8 @@ def test_settings_validated():
     store, cs = ActivationStore.from_tensor(acts), ConceptScores.from_tensor(sims, CONCEPTS)
     with pytest.raises(NeurocoreError, match="n_top_concepts must be >= 1"):
         ClipDissect(n_top_concepts=0).explain(store, cs)
-    with pytest.raises(NeurocoreError, match="unknown parameter.*'topk'.*valid parameters: top_k"):
-        ClipDissect(topk=5).explain(store, cs)
+    with pytest.raises(NeurocoreError, match="'topk' \\(did you mean 'top_k'"):
+        ClipDissect(topk=5)
     with pytest.raises(NeurocoreError, match="compositional must be True or False"):
         ClipDissect(compositional="yes").explain(store, cs)
 
@@ -186,9 +262,9 @@ def test_settings_validated():
 def test_rank_reorder_seed_setting():
     sims, acts = world()
     store, cs = ActivationStore.from_tensor(acts), ConceptScores.from_tensor(sims, CONCEPTS)
-    a = ClipDissect(method="rank_reorder", seed=3).explain(store, cs)
-    b = ClipDissect(method="rank_reorder", seed=3).explain(store, cs)
-    c = ClipDissect(method="rank_reorder", seed=4).explain(store, cs)
+    a = ClipDissect(similarity="rank_reorder", seed=3).explain(store, cs)
+    b = ClipDissect(similarity="rank_reorder", seed=3).explain(store, cs)
+    c = ClipDissect(similarity="rank_reorder", seed=4).explain(store, cs)
     assert [n.similarity for n in a] == [n.similarity for n in b]
     assert [n.similarity for n in a] != [n.similarity for n in c]
     assert a.descriptions == c.descriptions
@@ -215,7 +291,7 @@ def test_inputs_not_mutated():
     sims, acts = world()
     store, cs = ActivationStore.from_tensor(acts), ConceptScores.from_tensor(sims, CONCEPTS)
     before = (store["layer"].summaries.clone(), store["layer"].top_indices.clone(), cs.scores.clone())
-    ClipDissect(method="cos_cubed").explain(store, cs)
+    ClipDissect(similarity="cos_cubed").explain(store, cs)
     ClipDissect().explain(store, cs)
     assert torch.equal(before[0], store["layer"].summaries) and torch.equal(before[1], store["layer"].top_indices)
     assert torch.equal(before[2], cs.scores)
@@ -266,12 +342,12 @@ def composite_world(n=500, seed=1):
 def test_compositional_finds_the_conjunction(method):
     sims, acts, encode, calls = composite_world()
     store, cs = ActivationStore.from_tensor(acts), ConceptScores.from_tensor(sims, BASE)
-    single = ClipDissect(method=method).explain(store, cs)
+    single = ClipDissect(similarity=method).explain(store, cs)
     assert single[0].description in ("red", "metal")
-    ex = ClipDissect(method=method, compositional=True, composite_top_n=4).explain(store, cs, encode_composites=encode)
+    ex = ClipDissect(similarity=method, compositional=True, composite_top_n=4).explain(store, cs, encode_composites=encode)
     assert ex[0].description in ("red metal", "metal red")
     # a composite is made of the neuron's own top singles, the better one first
-    order = ClipDissect(method=method, n_top_concepts=4).explain(store, cs)[0].concepts
+    order = ClipDissect(similarity=method, n_top_concepts=4).explain(store, cs)[0].concepts
     a, b = ex[0].description.split(" ")
     assert order.index(a) < order.index(b)
     assert len(calls) == 1 and len(calls[0]) == len(set(calls[0]))  # unique texts, one call per layer
@@ -280,7 +356,7 @@ def test_compositional_finds_the_conjunction(method):
             parts = c.split(" ")
             assert len(parts) in (1, 2)
             if len(parts) == 2:  # only its own candidates
-                own = ClipDissect(method=method, n_top_concepts=4).explain(store, cs)[n.unit].concepts
+                own = ClipDissect(similarity=method, n_top_concepts=4).explain(store, cs)[n.unit].concepts
                 assert set(parts) <= set(own)
     assert ex.params["compositional"] is True and ex.params["composite_top_n"] == 4
 

@@ -160,3 +160,53 @@ def test_sentence_transformer_missing_model_names_the_fix(tmp_path):
     (tmp_path / "broken").mkdir()
     with pytest.raises(NeurocoreError, match="could not load the sentence-transformers model.*pass the folder"):
         SentenceTransformerText(tmp_path / "broken")
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear Explanations: metrics compare the label (the concept of largest |weight|), not the formula
+
+
+def _perfect_output_layer(seed=0):
+    """An output layer whose neuron c is exactly (plus a little noise) the indicator of class c, with the
+    class labels as concepts (LE(Label)): each neuron's true explanation is its class."""
+    from neurocore.concepts import ConceptScores
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(len(CLASSES)).repeat(80)
+    scores = ConceptScores.from_labels(labels, CLASSES)
+    logits = 3.0 * scores.scores + 0.05 * torch.randn(scores.scores.shape, generator=g)
+    return logits, scores
+
+
+def test_linear_explanations_of_a_perfect_output_layer_score_one():
+    from neurocore.methods import explain_linear
+
+    logits, scores = _perfect_output_layer()
+    ex = explain_linear(logits, scores)
+    assert all("·" in n.description for n in ex)  # the description is a formula...
+    assert ex.labels == CLASSES  # ...the label the concept
+    r = final_layer_accuracy(ex, CLASSES, k=(1, 2))
+    assert r["top1"] == 1.0 and r["top2"] == 1.0
+
+
+def test_linear_label_is_largest_absolute_weight():
+    n = NeuronExplanation("fc", 1, "0.2·tench - 0.9·goldfish + 0.9·hammerhead", 0.5,
+                          ("tench", "goldfish", "hammerhead"), (0.2, -0.9, 0.9), is_linear=True)
+    assert n.label == "goldfish"  # tie of |w| broken by selection order
+    assert n.ranked_concepts() == ("goldfish", "hammerhead", "tench")
+    ex = Explanations("linear", (n,), {"concepts": CLASSES})
+    assert final_layer_accuracy(ex, CLASSES, k=(1, 2), layer="fc")["top1"] == 1.0
+    empty = NeuronExplanation("fc", 0, "", math.nan, is_linear=True)
+    assert empty.label == "" and final_layer_accuracy(Explanations("linear", (empty,), {"concepts": CLASSES}), CLASSES, k=1)["top1"] == 0.0
+
+
+def test_text_cosine_uses_the_label():
+    class Letters:
+        def encode_texts(self, texts):
+            return torch.tensor([[t.count(c) + 0.01 for c in "abcdefghijklmnopqrstuvwxyz·0123456789. "] for t in texts])
+
+    from neurocore.methods import explain_linear
+
+    logits, scores = _perfect_output_layer(1)
+    r = text_cosine(explain_linear(logits, scores), CLASSES, Letters())
+    assert r.mean == pytest.approx(1.0) and r.num_missing == 0

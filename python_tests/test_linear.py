@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 
 import pytest
 import torch
@@ -273,7 +274,7 @@ def test_given_split_object_and_path(tmp_path):
     for e in (by_object, by_path):
         assert e.descriptions == by_seed.descriptions
         assert [n.metrics for n in e] == [n.metrics for n in by_seed]
-    with pytest.raises(NeurocoreError, match="made for 1000 images"):
+    with pytest.raises(NeurocoreError, match="drawn for 1000 images but the probe set has 900"):
         explain_linear(acts[:900], ConceptScores.from_tensor(scores.scores[:900], scores.concepts), split=split)
     assert explain_linear(acts, scores, seed=12).params["split"] != by_seed.params["split"]
 
@@ -318,10 +319,12 @@ def test_multi_layer_store_and_layer_selection():
 
 def test_input_errors():
     scores, acts = planted(n=200)
-    with pytest.raises(NeurocoreError, match="200 rows"):
+    with pytest.raises(NeurocoreError, match="store has 150 images but concept_scores has 200"):
         explain_linear(acts[:150], scores)
-    with pytest.raises(NeurocoreError, match="unknown LinearExplanations setting"):
+    with pytest.raises(TypeError, match="no setting 'lambda_' \\(did you mean 'lam'"):
         explain_linear(acts, scores, lambda_=1.0)
+    with pytest.raises(NeurocoreError, match="no setting 'max_lenght' \\(did you mean 'max_length'"):
+        LinearExplanations(max_lenght=3)
     with pytest.raises(NeurocoreError, match="ConceptScores.from_tensor"):
         explain_linear(acts, scores.scores)
     with pytest.raises(NeurocoreError, match="max_length must be"):
@@ -378,14 +381,14 @@ def test_describe_linear_format():
 
 
 @pytest.mark.skipif(
-    not (linear_module.Path(__file__).resolve().parents[2] / "shared/data/tiny-imagenet-200/val/val_annotations.txt").is_file(),
+    not (pathlib.Path(__file__).resolve().parents[2] / "shared/data/tiny-imagenet-200/val/val_annotations.txt").is_file(),
     reason="shared/data/tiny-imagenet-200 is absent",
 )
 def test_label_mode_on_real_tiny_imagenet_labels():
     # Real labels and the shipped WordNet hierarchy; a neuron planted on two superclasses.
     from neurocore.concepts import label_concept_matrix
 
-    root = linear_module.Path(__file__).resolve().parents[2] / "shared/data/tiny-imagenet-200"
+    root = pathlib.Path(__file__).resolve().parents[2] / "shared/data/tiny-imagenet-200"
     wnids = (root / "wnids.txt").read_text().split()
     index = {w: i for i, w in enumerate(wnids)}
     rows = sorted(line.split("\t")[:2] for line in (root / "val/val_annotations.txt").read_text().splitlines())
@@ -397,3 +400,37 @@ def test_label_mode_on_real_tiny_imagenet_labels():
     n = explain_linear(acts[:, None], P)[0]
     assert n.concepts[:2] == ("dog", "insect")
     assert n.scores[0] == pytest.approx(1.0, abs=0.05) and n.scores[1] == pytest.approx(0.5, abs=0.05)
+
+
+# ----------------------------------------------------------------------------------------------
+# results traceable to files, labels, rows that belong together (issue 8)
+
+
+def test_label_and_traceable_top_images():
+    scores, acts = planted(n=400)
+    kept = [i for i in range(403) if i not in (0, 7, 100)]  # three unreadable images were skipped
+    ids = [f"cls/{i:04d}.jpg" for i in kept]
+    store = ActivationStore.from_tensor(acts, image_ids=ids, dataset_indices=torch.tensor(kept), top_k=20)
+    from dataclasses import replace
+
+    store = replace(store, skipped=((0, "cls/0000.jpg: truncated"), (7, "cls/0007.jpg: truncated"), (100, "x")))
+    e = explain_linear(store, ConceptScores.from_tensor(scores.scores, scores.concepts, image_ids=ids), top_images=5)
+    assert e[0].concepts[:2] == ("c3", "c10") and e[0].label == "c3" and e[1].label == "c7"
+    for n in e:
+        assert len(n.top_images) == 5
+        assert n.top_dataset_indices == tuple(kept[r] for r in n.top_images)
+        assert n.top_image_ids == tuple(f"cls/{kept[r]:04d}.jpg" for r in n.top_images)
+    assert e.skipped == [(0, "cls/0000.jpg: truncated"), (7, "cls/0007.jpg: truncated"), (100, "x")]
+    assert e.params["concepts"] == list(scores.concepts) and e.params["probe"]["num_images"] == 400
+    assert Split.from_dict(e.params["split"]).image_ids_sha256 == e.params["probe"]["image_ids_sha256"]
+
+
+@pytest.mark.parametrize("row", [0, 17, 399])
+def test_store_and_scores_of_other_images_are_refused(row):
+    scores, acts = planted(n=400)
+    ids = [f"{i}.png" for i in range(400)]
+    other = list(ids)
+    other[row] = "elsewhere.png"
+    with pytest.raises(NeurocoreError, match=f"row {row} is '{row}.png' in the activation store but 'elsewhere.png' in concept_scores"):
+        explain_linear(ActivationStore.from_tensor(acts, image_ids=ids),
+                       ConceptScores.from_tensor(scores.scores, scores.concepts, image_ids=other))

@@ -20,6 +20,7 @@ from neurocore.concepts import ConceptScores
 from neurocore.evaluate import (
     CONCEPT_SOURCE_KEY,
     Head,
+    SimulationScores,
     ablation_score,
     correlation_score,
     explanation_concepts,
@@ -185,7 +186,7 @@ def test_correlation_warns_when_simulator_is_the_explainer():
 def test_correlation_bad_inputs():
     P = torch.rand(30, 5)
     e = Explanations("x", (label("l", 3, "dog"),))
-    with pytest.raises(NeurocoreError, match="30 images"):
+    with pytest.raises(NeurocoreError, match="acts has 29 images but sim_scores has 30"):
         correlation_score(e, torch.rand(29, 4), sim(P))
     with pytest.raises(NeurocoreError, match="units up to 3"):
         correlation_score(e, torch.rand(30, 2), sim(P))
@@ -533,3 +534,66 @@ def test_shared_module_is_refused():
     e = Explanations("x", (label("1", 0, "dog"),))
     with pytest.raises(NeurocoreError, match="ran 2 times"):
         ablation_score(e, None, sim(torch.rand(6, 5)), model=net, probe=probe, val=range(3), test=range(3, 6), scaling="norm", progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# rows that do not belong together (issue 8, fault 7)
+
+
+def _ids(n, start=0):
+    return [f"cls/img{i}.png" for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("other", ["shifted", "swapped"])
+def test_correlation_refuses_other_images(other):
+    P = torch.rand(30, 5)
+    acts = 2 * P[:, [0, 2]]
+    ids = _ids(30)
+    wrong = _ids(30, start=1) if other == "shifted" else ids[:3] + [ids[4], ids[3]] + ids[5:]
+    row = 0 if other == "shifted" else 3
+    store = ActivationStore.from_tensor(acts, "l", image_ids=ids)
+    e = Explanations("x", (label("l", 0, "dog"), label("l", 1, "snow")))
+    with pytest.raises(NeurocoreError, match=f"row {row} is '{ids[row]}' in acts but '{wrong[row]}' in sim_scores"):
+        correlation_score(e, store, ConceptScores.from_tensor(P, CONCEPTS, image_ids=wrong))
+    ok = correlation_score(e, store, ConceptScores.from_tensor(P, CONCEPTS, image_ids=ids))
+    assert ok.scores.tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_correlation_refuses_a_split_of_other_images():
+    from neurocore import split_indices
+
+    P = torch.rand(40, 5)
+    ids = _ids(40)
+    store = ActivationStore.from_tensor(2 * P[:, [0]], "l", image_ids=ids)
+    e = Explanations("x", (label("l", 0, "dog"),))
+    scores = ConceptScores.from_tensor(P, CONCEPTS, image_ids=ids)
+    with pytest.raises(NeurocoreError, match="split was drawn for 50 images but acts has 40"):
+        correlation_score(e, store, scores, split_indices(50))
+    with pytest.raises(NeurocoreError, match="split and acts were made for different images"):
+        correlation_score(e, store, scores, split_indices(40, image_ids=_ids(40, start=3)))
+    r = correlation_score(e, store, scores, split_indices(store))
+    assert r.scores[0].item() == pytest.approx(1.0)
+
+
+def test_ablation_refuses_other_images():
+    P = torch.rand(8, 1)
+    feats = torch.rand(8, 3)
+    e = Explanations("x", (label("l", 0, "snow"),))
+    store = ActivationStore.from_tensor(feats, "l", image_ids=_ids(8))
+    kwargs = dict(head=Head("l", pooled=nn.Linear(3, 3)), labels=torch.zeros(8, dtype=torch.int64), val=range(4),
+                  test=range(4, 8), scaling="norm", progress=False)
+    with pytest.raises(NeurocoreError, match="row 0 is 'cls/img0.png' in acts but 'cls/img2.png' in sim_scores"):
+        ablation_score(e, store, ConceptScores.from_tensor(P, ["snow"], image_ids=_ids(8, start=2)), **kwargs)
+    with pytest.raises(NeurocoreError, match="acts has 7 images but sim_scores has 8"):
+        ablation_score(e, feats[:7], sim(P, ["snow"]), **{**kwargs, "labels": torch.zeros(7, dtype=torch.int64), "test": range(4, 7)})
+
+
+def test_simulation_scores_save_load(tmp_path):
+    import neurocore
+
+    P = torch.rand(30, 5)
+    e = Explanations("x", (label("l", 0, "dog"), label("l", 1, "snow")))
+    r = correlation_score(e, 2 * P[:, [0, 2]], sim(P))
+    back = neurocore.load(r.save(tmp_path / "sim"))
+    assert isinstance(back, SimulationScores) and back.units == r.units and back.status == r.status
+    assert torch.equal(back.scores, r.scores)

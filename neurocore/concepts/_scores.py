@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 
 from neurocore._errors import NeurocoreError
+from neurocore._io import read_meta, read_result, write_result
 
 
 @dataclass(frozen=True)
@@ -216,39 +216,25 @@ class ConceptScores:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write to ``directory`` (created): ``scores.pt`` (the tensor) and ``concept_scores.json``
-        (concepts, source, key, image ids, and a digest of the tensor that :meth:`load` checks). Each file is written to a temporary name and renamed,
-        so an interrupted save never leaves a half-written file. Keys that are not JSON values are
-        stored as text. Returns the directory."""
+        (concepts, source, key, image ids, and a digest of the tensor that :meth:`load` checks), with
+        :func:`neurocore._io.write_result`: each file is written to a temporary name and renamed, so an
+        interrupted save never leaves a half-written file. Keys that are not JSON values are stored
+        as text. Returns the directory."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         scores = self.scores.detach().to("cpu").contiguous()
         meta = {
-            "format": 1,
             "shape": list(scores.shape),
-            # ties the two files together: a crash between their writes must not pair new scores with old names
-            "scores_sha256": _tensor_digest(scores),
             "concepts": list(self.concepts),
             "source": self.source,
             "key": self.key,
             "image_ids": list(self.image_ids),
         }
-        for name, write in (
-            ("scores.pt", lambda tmp: torch.save(scores, tmp)),
-            ("concept_scores.json", lambda tmp: tmp.write_text(
-                json.dumps(meta, ensure_ascii=False, default=str), encoding="utf-8")),
-        ):
-            tmp = directory / f"{name}.tmp-{os.getpid()}"
-            try:
-                write(tmp)
-                os.replace(tmp, directory / name)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
-        return directory
+        return write_result(directory / "concept_scores.json", "concept_scores", _FORMAT, meta, {"scores": scores},
+                            directory / "scores.pt")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> ConceptScores:
-        """Read what :meth:`save` wrote.
+        """Read what :meth:`save` wrote (also the format 1 of earlier versions).
 
         Raises:
             NeurocoreError: missing or unreadable files, or files that do not match each other.
@@ -268,20 +254,31 @@ class ConceptScores:
                 "write one with ConceptScores.save(directory)"
             )
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            scores = torch.load(scores_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise NeurocoreError(f"cannot read saved ConceptScores in {str(directory)!r} ({type(exc).__name__}: {exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != 1:
-            raise NeurocoreError(f"{str(meta_path)!r} is not a ConceptScores file of format 1")
-        if (not isinstance(scores, torch.Tensor) or list(scores.shape) != meta.get("shape")
-                or _tensor_digest(scores.contiguous()) != meta.get("scores_sha256")):
+            meta = read_meta(meta_path, "concept_scores", "ConceptScores")
+        except NeurocoreError as exc:
+            raise NeurocoreError(f"cannot read saved ConceptScores in {str(directory)!r}: {exc}") from None
+        if meta.get("format") == 1:  # format 1: a bare tensor and its own digest
+            try:
+                scores = torch.load(scores_path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise NeurocoreError(f"cannot read saved ConceptScores in {str(directory)!r} ({type(exc).__name__}: {exc})") from None
+            if not isinstance(scores, torch.Tensor) or _tensor_digest(scores.contiguous()) != meta.get("scores_sha256"):
+                raise NeurocoreError(
+                    f"{str(scores_path)!r} does not match {str(meta_path)!r}; the two files come from different saves: save again"
+                )
+        else:
+            meta, tensors = read_result(meta_path, "concept_scores", (_FORMAT,), scores_path, what="ConceptScores", meta=meta)
+            scores = tensors.get("scores")
+        if not isinstance(scores, torch.Tensor) or list(scores.shape) != meta.get("shape"):
             raise NeurocoreError(
                 f"{str(scores_path)!r} does not match {str(meta_path)!r} (shape {meta.get('shape')}); "
                 "the two files come from different saves: save again"
             )
         return cls(scores.to(torch.float32).contiguous(), tuple(meta["concepts"]), meta["source"],
                    meta.get("key") or {}, tuple(meta.get("image_ids") or ()))
+
+
+_FORMAT = 2  # 2: the common result header (neurocore._io); 1: {"format": 1, "scores_sha256"} and a bare tensor
 
 
 def _tensor_digest(t: torch.Tensor) -> str:

@@ -71,14 +71,19 @@ def final_layer_accuracy(
     concepts: Sequence[str] | None = None,
     layer: str | None = None,
 ) -> dict:
-    """Top-k accuracy of final-layer descriptions: neuron c is correct at k when class_names[c] is
-    its label (k = 1) or among its first k concepts (k > 1).
+    """Top-k accuracy of final-layer explanations: neuron c is correct at k when class_names[c] is
+    its :attr:`~neurocore.methods.NeuronExplanation.label` (k = 1) or among its first k ranked
+    concepts (k > 1; :meth:`~neurocore.methods.NeuronExplanation.ranked_concepts`: a linear
+    explanation's by decreasing ``|weight|``).
+
+    The label, not the description, is compared: a Linear Explanation's description is a formula
+    (``"0.9·dog + 0.1·cat"``) while its label is the concept of largest weight (``"dog"``).
 
     Names are compared after :func:`normalise_name` (case and whitespace). The metric is only
     defined when every class name is in the concept set (otherwise some neurons could never be
     right): the concept set is ``concepts`` or, when None, the one the method recorded in
-    ``explanations.params["concepts"]`` (CLIP-Dissect does). A neuron without a description counts
-    as wrong.
+    ``explanations.params["concepts"]`` (CLIP-Dissect and Linear Explanations do). A neuron without
+    a label counts as wrong.
 
     Args:
         explanations: :class:`~neurocore.methods.Explanations` of one layer (or pass ``layer``).
@@ -128,7 +133,8 @@ def final_layer_accuracy(
             "for other concept sets use text_cosine"
         )
     need = min(max(ks), len(concept_set))
-    short = [n for n in neurons if n.description and len(n.concepts) < need]
+    # A linear explanation holds as many concepts as it selected: fewer than k is its answer, not a setting.
+    short = [n for n in neurons if n.label and not n.is_linear and len(n.concepts) < need]
     if short:
         raise NeurocoreError(
             f"neuron {short[0].unit} keeps {len(short[0].concepts)} concepts but top-{max(ks)} accuracy needs "
@@ -138,9 +144,9 @@ def final_layer_accuracy(
     result: dict = {"units": torch.tensor([n.unit for n in neurons], dtype=torch.int64), "num_neurons": len(neurons)}
     for kk in ks:
         if kk == 1:
-            hits = [bool(n.description) and normalise_name(n.description) == t for n, t in zip(neurons, truth)]
+            hits = [bool(n.label) and normalise_name(n.label) == t for n, t in zip(neurons, truth)]
         else:
-            hits = [bool(n.description) and t in {normalise_name(c) for c in n.concepts[:kk]} for n, t in zip(neurons, truth)]
+            hits = [bool(n.label) and t in {normalise_name(c) for c in n.ranked_concepts()[:kk]} for n, t in zip(neurons, truth)]
         correct = torch.tensor(hits, dtype=torch.bool)
         result[f"top{kk}"] = float(correct.double().mean())
         result[f"top{kk}_correct"] = correct
@@ -152,11 +158,11 @@ class TextCosine:
     """Cosine similarity of label and class-name text embeddings, per neuron and on average.
 
     Attributes:
-        mean: the mean over neurons that have a description (NaN when none has).
+        mean: the mean over neurons that have a label (NaN when none has).
         per_neuron (Tensor[K], float64): each neuron's cosine; NaN for a neuron without a
-            description (nothing to embed).
+            label (nothing to embed).
         units (Tensor[K], int64): the neurons, in order.
-        num_missing: neurons without a description (left out of the mean).
+        num_missing: neurons without a label (left out of the mean).
         encoder: what embedded the texts.
 
     ``float(result)`` is ``result.mean``.
@@ -173,8 +179,10 @@ class TextCosine:
 
 
 def text_cosine(explanations, class_names: Sequence[str], encoder, *, layer: str | None = None) -> TextCosine:
-    """Mean cosine between text embeddings of each final-layer neuron's label and of its class
-    name (CLIP-Dissect's "CLIP cos" / "mpnet cos", §4.2).
+    """Mean cosine between text embeddings of each final-layer neuron's
+    :attr:`~neurocore.methods.NeuronExplanation.label` and of its class name (CLIP-Dissect's
+    "CLIP cos" / "mpnet cos", §4.2). A Linear Explanation is compared by its label (the concept of
+    largest weight), not by its formula text.
 
     Args:
         explanations: :class:`~neurocore.methods.Explanations` of one layer (or pass ``layer``).
@@ -211,10 +219,10 @@ def text_cosine(explanations, class_names: Sequence[str], encoder, *, layer: str
             f"encoder must have encode_texts(list[str]) -> Tensor (a neurocore.vlm adapter or "
             f"SentenceTransformerText); got {type(encoder).__name__}"
         )
-    labelled = [n for n in neurons if n.description]
+    labelled = [n for n in neurons if n.label]
     per_neuron = torch.full((len(neurons),), float("nan"), dtype=torch.float64)
     if labelled:
-        texts = list(dict.fromkeys([n.description for n in labelled] + [class_names[n.unit] for n in labelled]))
+        texts = list(dict.fromkeys([n.label for n in labelled] + [class_names[n.unit] for n in labelled]))
         emb = encode(texts)
         if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or emb.shape[0] != len(texts):
             shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
@@ -224,10 +232,10 @@ def text_cosine(explanations, class_names: Sequence[str], encoder, *, layer: str
             raise NeurocoreError("encoder.encode_texts returned NaN or inf embeddings")
         emb = torch.nn.functional.normalize(emb, dim=1)
         row = {t: i for i, t in enumerate(texts)}
-        label_rows = torch.tensor([row[n.description] for n in labelled])
+        label_rows = torch.tensor([row[n.label] for n in labelled])
         class_rows = torch.tensor([row[class_names[n.unit]] for n in labelled])
         cosines = (emb[label_rows] * emb[class_rows]).sum(1)
-        positions = torch.tensor([i for i, n in enumerate(neurons) if n.description])
+        positions = torch.tensor([i for i, n in enumerate(neurons) if n.label])
         per_neuron[positions] = cosines
     valid = per_neuron[~per_neuron.isnan()]
     mean = float(valid.mean()) if valid.numel() else float("nan")

@@ -21,16 +21,19 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from neurocore._alignment import check_same_images
 from neurocore._errors import NeurocoreError, close_matches
+from neurocore._io import read_result, write_result
+from neurocore._split import Split
 from neurocore.concepts._calibrate import calibrated_matrix
 from neurocore.concepts._scores import ConceptScores
-from neurocore.evaluate._impact import (
+from neurocore.evaluate._inputs import (
     TEMPERATURE,
-    Head,
     _choose_inputs,
     _evaluating,
     _positive_float,
@@ -38,10 +41,8 @@ from neurocore.evaluate._impact import (
     _progress,
     _resolve_inputs,
     _rows,
-    _Runner,
-    _Split,
-    head_after,
 )
+from neurocore.probe._replace import Head, _Runner, _Split, head_after
 from neurocore.methods._base import Explanations, NeuronExplanation
 from neurocore.probe._store import DEAD_THRESHOLD, ActivationStore, LayerActivations
 
@@ -266,6 +267,38 @@ class SimulationScores:
             data["c"], data["d"] = self.c.tolist(), self.d.tolist()
         return pd.DataFrame(data)
 
+    def save(self, directory) -> Path:
+        """Write ``simulation_scores.json`` and ``simulation_scores.pt`` into ``directory`` (created),
+        tied by a digest (:func:`neurocore._io.write_result`); :meth:`load` reads them. Returns the folder.
+
+        Example:
+            >>> import tempfile
+            >>> r = SimulationScores("correlation", "l", (0, 1), torch.tensor([0.5, math.nan], dtype=torch.float64), ("ok", "dead"))
+            >>> back = SimulationScores.load(r.save(tempfile.mkdtemp()))
+            >>> back.units, back.status, back.scores[0].item()
+            ((0, 1), ('ok', 'dead'), 0.5)
+        """
+        directory = Path(directory)
+        tensors = {"scores": self.scores}
+        if self.c is not None:
+            tensors["c"], tensors["d"] = self.c, self.d
+        meta = {"metric": self.metric, "layer": self.layer, "units": list(self.units), "status": list(self.status)}
+        return write_result(directory / "simulation_scores.json", "simulation_scores", 1, meta, tensors,
+                            directory / "simulation_scores.pt")
+
+    @classmethod
+    def load(cls, directory) -> SimulationScores:
+        """Read what :meth:`save` wrote.
+
+        Raises:
+            NeurocoreError: missing files, another format version, or files of different saves.
+        """
+        directory = Path(directory)
+        meta, t = read_result(directory / "simulation_scores.json", "simulation_scores", (1,),
+                              directory / "simulation_scores.pt", what="SimulationScores")
+        return cls(meta["metric"], meta["layer"], tuple(int(u) for u in meta["units"]), t["scores"],
+                   tuple(meta["status"]), t.get("c"), t.get("d"))
+
 
 def _warn_same_source(explanations: Explanations, sim_scores: ConceptScores) -> None:
     params = explanations.params
@@ -295,6 +328,23 @@ def _layer_acts(acts, layer: str, dead_threshold: float) -> tuple[torch.Tensor, 
             raise NeurocoreError("acts contain NaN or inf")
         return a, (a.amax(0) < dead_threshold) if a.shape[0] else torch.ones(a.shape[1], dtype=torch.bool)
     raise NeurocoreError(f"acts must be an ActivationStore, LayerActivations or Tensor[N, K]; got {type(acts).__name__}")
+
+
+def _check_same_rows(acts, n: int, sim_scores: ConceptScores) -> None:
+    """The simulator's rows must be the activations' images, in order (ids compared when both have them)."""
+    if not isinstance(sim_scores, ConceptScores):
+        raise NeurocoreError(f"sim_scores must be ConceptScores (the simulator's probabilities); got {type(sim_scores).__name__}")
+    rows = acts if isinstance(acts, ActivationStore) else _Rows(n)
+    check_same_images(
+        rows, sim_scores, "acts", "sim_scores",
+        "score the same probe images, in the store's order, with the simulator (skipped images left out of both)",
+    )
+
+
+@dataclass(frozen=True)
+class _Rows:
+    num_images: int
+    image_ids: tuple[str, ...] = ()
 
 
 def _check_units(units: Sequence[int], K: int, layer: str) -> torch.Tensor:
@@ -330,8 +380,9 @@ def correlation_score(
             :class:`ActivationStore`, :class:`LayerActivations` or ``Tensor[N, K]`` (column = unit).
         sim_scores: the **simulator's** concept probabilities ``[N, M]`` (a different model than the
             explainer: :func:`simulator_matrix` of its cosines, or a 0/1 label matrix).
-        split: the test rows (indices or a bool mask), or an object with a ``test`` attribute (the
-            :class:`neurocore.methods.linear.Split` of Linear Explanations); None: all N rows.
+        split: the test rows (indices or a bool mask), or a :class:`~neurocore.Split` (its ``test``
+            part; it must have been drawn for these images: checked by number and, when known, by
+            the digest of their ids); None: all N rows.
         layer: which layer of the explanations.
         missing: ``"raise"`` or ``"nan"`` for concepts the simulator lacks (see :func:`simulate`).
         dead_threshold: neurons whose max activation over all N images is below this are dead: skipped.
@@ -341,7 +392,9 @@ def correlation_score(
         over scored neurons (empty explanations count as 0; dead neurons are skipped).
 
     Raises:
-        NeurocoreError: mismatched numbers of images or neurons, bad ``split``, missing concepts.
+        NeurocoreError: activations and ``sim_scores`` of different images (another number, or other
+            ids: the first differing row is named), a split drawn for other images, mismatched
+            numbers of neurons, bad ``split``, missing concepts.
 
     Warns:
         UserWarning: the simulator's ``source`` equals ``explanations.params["concept_source"]``.
@@ -358,10 +411,12 @@ def correlation_score(
     _warn_same_source(explanations, sim_scores)
     A, dead_all = _layer_acts(acts, layer, dead_threshold)
     N = A.shape[0]
-    if sim_scores.num_images != N:
-        raise NeurocoreError(f"sim_scores has {sim_scores.num_images} images but acts has {N}: both must cover the same probe rows")
+    _check_same_rows(acts, N, sim_scores)
     units = _check_units([n.unit for n in neurons], A.shape[1], layer)
-    if hasattr(split, "test") and not isinstance(split, torch.Tensor):  # a train/val/test split object
+    if isinstance(split, Split):
+        split.check_images(acts if isinstance(acts, ActivationStore) and acts.image_ids else sim_scores, "acts")
+        split = split.test
+    elif hasattr(split, "test") and not isinstance(split, torch.Tensor):  # another train/val/test split object
         split = split.test
     rows = _rows(split, N, "split")
     s, missing_mask, empty_mask = _simulate(neurons, sim_scores, missing)
@@ -579,8 +634,15 @@ def ablation_score(
     N = spec.num_rows
     if N is None:
         raise NeurocoreError("give the layer's outputs (acts=) or the images (probe=)")
-    if sim_scores.num_images != N:
-        raise NeurocoreError(f"sim_scores has {sim_scores.num_images} images but there are {N} rows of activations")
+    if not isinstance(sim_scores, ConceptScores):
+        raise NeurocoreError(f"sim_scores must be ConceptScores (the simulator's probabilities); got {type(sim_scores).__name__}")
+    _check_same_rows(acts, N, sim_scores)
+    for name, part in (("val", val), ("test", test)):
+        if isinstance(part, Split):
+            raise NeurocoreError(
+                f"{name} must be row indices or a bool mask, not a Split: pass val=split.val, test=split.test "
+                "(after split.check_images(store))"
+            )
     val_rows, test_rows = _rows(val, N, "val"), _rows(test, N, "test")
     if len(set(val_rows.tolist()) & set(test_rows.tolist())):
         raise NeurocoreError("val and test share rows; the ablation fits (c, d) on val and scores on test: give disjoint splits")

@@ -1,12 +1,16 @@
 """Explanation methods, registered by name, and their common result type."""
 
 from neurocore.methods._base import (
+    METHOD_INPUTS,
     Explanations,
     NeuronExplanation,
+    UnknownSettingError,
     get_method,
     list_methods,
     load,
+    probe_identity,
     register_method,
+    top_image_refs,
 )
 from neurocore.methods import clip_dissect
 from neurocore.methods.clip_dissect import ClipDissect, dissect
@@ -14,8 +18,12 @@ from neurocore.methods import linear
 from neurocore.methods.linear import LinearExplanations, explain_linear
 
 __all__ = [
+    "METHOD_INPUTS",
     "Explanations",
     "NeuronExplanation",
+    "UnknownSettingError",
+    "probe_identity",
+    "top_image_refs",
     "get_method",
     "list_methods",
     "load",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,7 +33,8 @@ import torch
 
 from neurocore import ops
 from neurocore._errors import NeurocoreError, close_matches
-from neurocore.methods._base import Explanations, NeuronExplanation, register_method
+from neurocore._alignment import check_same_images
+from neurocore.methods._base import Explanations, NeuronExplanation, probe_identity, register_method, top_image_refs
 
 __all__ = [
     "SIMILARITIES",
@@ -64,6 +66,9 @@ DEFAULT_PARAMS: Mapping[str, Mapping[str, Any]] = {
 # Paper A.8: the lowest cutoff at which neurons above it had a mean human description score >= 0.75
 # (ResNet-18/Places365 and ResNet-50/ImageNet layers, CLIP ViT-B/16, the 20k word list, SoftWPMI).
 SOFT_WPMI_INTERPRETABLE_THRESHOLD = 0.16
+
+# ClipDissect's similarity parameters (explicit settings; each similarity takes some of them).
+_SIMILARITY_SETTINGS = ("top_k", "a", "p_start", "p_end", "lam", "eps", "p", "top_fraction", "scale_p", "n_random", "min_norm")
 
 # Elements of one [top images, neurons, concepts] block in rank_reorder / cos_cubed (bounds memory).
 _BLOCK_ELEMENTS = 1 << 23
@@ -525,7 +530,7 @@ class ClipDissect:
     ``__init__`` only stores settings; :meth:`explain` validates them and does the work.
 
     Args:
-        method: the similarity function (:data:`SIMILARITIES`; default ``"soft_wpmi"``).
+        similarity: the similarity function (:data:`SIMILARITIES`; default ``"soft_wpmi"``).
         n_top_concepts: concepts kept per neuron, best first, with their scores (5).
         interpretable_threshold: a neuron is interpretable when its best score is > this.
             ``"auto"`` (default) = 0.16 for soft_wpmi (paper A.8; calibrated with the published
@@ -541,10 +546,17 @@ class ClipDissect:
             among the singles and its own candidates. Cost: up to ``K * n(n-1)/2`` texts per layer;
             the paper's n=100 suits a few neurons, use a small n (e.g. 10) for whole layers.
         composite_top_n: n above (100, as the paper).
-        n_top_images: probe indices of the most activating images kept per neuron (10; fewer if
-            the store kept fewer).
+        n_top_images: most activating images kept per neuron (10; fewer if the store kept fewer),
+            as store rows, dataset indices and image ids (:class:`~neurocore.methods.NeuronExplanation`).
         seed: seed of rank_reorder's random baseline (ignored by the other methods).
-        **params: similarity parameters overriding the published defaults (:data:`DEFAULT_PARAMS`).
+        top_k, a, p_start, p_end, lam, eps, p, top_fraction, scale_p, n_random, min_norm: similarity
+            parameters; None (default) = the published default of the chosen similarity
+            (:data:`DEFAULT_PARAMS`). Giving one the chosen similarity does not take is an error when
+            :meth:`explain` runs (e.g. ``a`` with ``"cos"``).
+        method: deprecated name of ``similarity`` (a ``DeprecationWarning``).
+
+    A misspelt setting raises :class:`~neurocore.methods.UnknownSettingError` (a ``TypeError``)
+    naming its close matches: ``ClipDissect(n_top_concept=3)`` suggests ``n_top_concepts``.
 
     Dead and constant neurons: a neuron whose activation never reaches 0.01 on the probe set is
     flagged ``dead=True`` and ``interpretable=False`` but keeps its label: the similarity functions
@@ -561,42 +573,102 @@ class ClipDissect:
         >>> store = ActivationStore.from_tensor(sims[:, [2, 0]] + 0.01 * torch.randn(300, 2))
         >>> cs = ConceptScores.from_tensor(sims, ["cat", "dog", "car", "sky"])
         >>> ex = ClipDissect().explain(store, cs)
-        >>> ex.descriptions, len(ex[0].concepts), len(ex[0].top_images)
-        (['car', 'cat'], 4, 10)
+        >>> ex.descriptions, ex.labels, len(ex[0].concepts), len(ex[0].top_images)
+        (['car', 'cat'], ['car', 'cat'], 4, 10)
     """
 
     name = "clip_dissect"
+    needs = frozenset({"store", "scores"})
 
     def __init__(
         self,
-        method: str = "soft_wpmi",
+        similarity: str = "soft_wpmi",
         n_top_concepts: int = 5,
         interpretable_threshold: float | str | None = "auto",
         compositional: bool = False,
         composite_top_n: int = 100,
         n_top_images: int = 10,
         seed: int = 0,
-        **params,
+        *,
+        top_k: int | None = None,
+        a: float | None = None,
+        p_start: float | None = None,
+        p_end: float | None = None,
+        lam: float | None = None,
+        eps: float | None = None,
+        p: float | None = None,
+        top_fraction: float | None = None,
+        scale_p: float | None = None,
+        n_random: int | None = None,
+        min_norm: float | None = None,
+        method: str | None = None,
     ):
-        self.method = method
+        if method is not None:
+            warnings.warn(
+                "ClipDissect(method=...) is deprecated: the similarity function is now similarity=... "
+                f"(ClipDissect(similarity={method!r}))",
+                DeprecationWarning,
+                stacklevel=3,  # past register_method's settings check, to the caller
+            )
+            similarity = method
+        self.similarity = similarity
         self.n_top_concepts = n_top_concepts
         self.interpretable_threshold = interpretable_threshold
         self.compositional = compositional
         self.composite_top_n = composite_top_n
         self.n_top_images = n_top_images
         self.seed = seed
-        self.params = params
+        self.top_k = top_k
+        self.a = a
+        self.p_start = p_start
+        self.p_end = p_end
+        self.lam = lam
+        self.eps = eps
+        self.p = p
+        self.top_fraction = top_fraction
+        self.scale_p = scale_p
+        self.n_random = n_random
+        self.min_norm = min_norm
+
+    @property
+    def method(self) -> str:
+        """The similarity function's name (read-only alias of :attr:`similarity`, the old name)."""
+        return self.similarity
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The similarity parameters given (not None), before defaults: what overrides :data:`DEFAULT_PARAMS`."""
+        return {k: getattr(self, k) for k in _SIMILARITY_SETTINGS if getattr(self, k) is not None}
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.params.items())
-        return f"ClipDissect(method={self.method!r}, compositional={self.compositional!r}{extra})"
+        return f"ClipDissect(similarity={self.similarity!r}, compositional={self.compositional!r}{extra})"
 
     # -- settings ------------------------------------------------------------------------------
 
     def similarity_params(self) -> dict[str, Any]:
-        """The similarity function's full parameters (defaults + overrides; ``seed`` for rank_reorder)."""
-        extra = {"seed": self.seed} if self.method == "rank_reorder" else {}
-        return similarity_params(self.method, **self.params, **extra)
+        """The similarity function's full parameters (defaults + overrides; ``seed`` for rank_reorder).
+
+        Raises:
+            NeurocoreError: an unknown similarity (with its close match), or a parameter the chosen
+                similarity does not take (naming those it takes).
+        """
+        if self.similarity not in DEFAULT_PARAMS:
+            hint = close_matches(str(self.similarity), SIMILARITIES)
+            raise NeurocoreError(
+                f"ClipDissect: unknown similarity {self.similarity!r}; valid: {', '.join(SIMILARITIES)}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+        given = self.params
+        takes = set(DEFAULT_PARAMS[self.similarity]) - {"seed"}
+        wrong = sorted(set(given) - takes)
+        if wrong:
+            raise NeurocoreError(
+                f"ClipDissect: similarity {self.similarity!r} has no parameter {', '.join(wrong)}; its parameters are: "
+                f"{', '.join(sorted(takes)) or 'none'} (set the one you meant, or choose the similarity that takes it)"
+            )
+        extra = {"seed": self.seed} if self.similarity == "rank_reorder" else {}
+        return similarity_params(self.similarity, **given, **extra)
 
     def threshold(self) -> float | None:
         """The interpretability cutoff in effect (``"auto"`` resolved)."""
@@ -604,7 +676,7 @@ class ClipDissect:
         if isinstance(t, str):
             if t != "auto":
                 raise NeurocoreError(f"interpretable_threshold must be a number, None or 'auto'; got {t!r}")
-            return SOFT_WPMI_INTERPRETABLE_THRESHOLD if self.method == "soft_wpmi" else None
+            return SOFT_WPMI_INTERPRETABLE_THRESHOLD if self.similarity == "soft_wpmi" else None
         return None if t is None else _number("ClipDissect", "interpretable_threshold", t)
 
     def _settings(self) -> dict[str, Any]:
@@ -615,7 +687,7 @@ class ClipDissect:
         if not isinstance(self.compositional, bool):
             raise NeurocoreError(f"compositional must be True or False; got {self.compositional!r}")
         return {
-            "method": self.method,
+            "similarity": self.similarity,
             "similarity_params": sim,
             "n_top_concepts": int(self.n_top_concepts),
             "interpretable_threshold": self.threshold(),
@@ -628,7 +700,7 @@ class ClipDissect:
     def required_top_k(self, num_images: int) -> int:
         """Top images per neuron a recording should keep for :meth:`explain` to use them directly."""
         s = self._settings()
-        return max(required_top_k(self.method, num_images, **s["similarity_params"]), s["n_top_images"])
+        return max(required_top_k(self.similarity, num_images, **s["similarity_params"]), s["n_top_images"])
 
     # -- the verb ------------------------------------------------------------------------------
 
@@ -639,6 +711,10 @@ class ClipDissect:
         layers: str | Sequence[str] | None = None,
         progress: bool = False,
         encode_composites: Callable[[list[str]], torch.Tensor] | None = None,
+        *,
+        model=None,
+        probe=None,
+        transform=None,
     ) -> Explanations:
         """Label every neuron of the chosen layers.
 
@@ -652,17 +728,22 @@ class ClipDissect:
             encode_composites: for ``compositional=True``: a function from a list of texts to their
                 image scores ``Tensor[N, len(texts)]`` over the same probe rows, on the same scale
                 as ``concept_scores`` (e.g. cosines of the same vision–language model).
+            model, probe, transform: accepted for the method contract (``needs`` does not name
+                them: CLIP-Dissect reads the store and the scores only) and ignored.
 
         Returns:
             :class:`~neurocore.methods.Explanations` with one :class:`NeuronExplanation` per neuron:
             description = label (argmax), similarity = its score, concepts/scores = the
-            ``n_top_concepts`` best with their scores, interpretable, dead, top_images (the store's
-            top-k, best first, at most ``n_top_images``). ``params`` holds the settings, the
-            concept set, the probe size and the store's key.
+            ``n_top_concepts`` best with their scores, interpretable, dead, top images (the store's
+            top-k, best first, at most ``n_top_images``: ``top_images`` as store rows,
+            ``top_dataset_indices`` and ``top_image_ids``). ``params`` holds the settings, the
+            concept set, the probe size, ``"probe"`` (:func:`~neurocore.methods.probe_identity`:
+            digest of the image ids, skipped images) and the store's key.
 
         Raises:
-            NeurocoreError: invalid settings, store and scores with different numbers of images,
-                unknown layers, ``compositional`` without ``encode_composites``.
+            NeurocoreError: invalid settings, store and scores with different images (another
+                number, or other ids: the message names the first row that differs), unknown layers,
+                ``compositional`` without ``encode_composites``.
         """
         from neurocore.concepts import ConceptScores
         from neurocore.probe import ActivationStore
@@ -672,19 +753,11 @@ class ClipDissect:
             raise NeurocoreError(f"store must be an ActivationStore (from neurocore.probe.record); got {type(store).__name__}")
         if not isinstance(concept_scores, ConceptScores):
             raise NeurocoreError(f"concept_scores must be a ConceptScores; got {type(concept_scores).__name__}")
-        if store.num_images != concept_scores.num_images:
-            raise NeurocoreError(
-                f"the activation store has {store.num_images} images but concept_scores has "
-                f"{concept_scores.num_images} rows: both must come from the same probe set in the same order "
-                "(record and score the same dataset; unreadable images are skipped by both)"
-            )
-        ids_a, ids_b = tuple(getattr(store, "image_ids", ())), tuple(getattr(concept_scores, "image_ids", ()))
-        if ids_a and ids_b and ids_a != ids_b:
-            first = next(i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y)
-            raise NeurocoreError(
-                f"the activation store and concept_scores list different images (row {first}: {ids_a[first]!r} vs "
-                f"{ids_b[first]!r}): both must come from the same probe set in the same order"
-            )
+        check_same_images(
+            store, concept_scores, "the activation store", "concept_scores",
+            "record and score the same dataset (unreadable images are skipped by both), or pass image_ids= to "
+            "ActivationStore.from_tensor / ConceptScores.from_tensor in the order of the rows",
+        )
         if self.compositional and encode_composites is None:
             raise NeurocoreError(
                 "compositional=True scores texts 'c1 c2' that are not in the concept set, so it needs their "
@@ -696,11 +769,11 @@ class ClipDissect:
         sims = concept_scores.scores
         concepts = list(concept_scores.concepts)
         sim_params = settings["similarity_params"]
-        need = required_top_k(self.method, store.num_images, **sim_params)
+        need = required_top_k(self.similarity, store.num_images, **sim_params)
 
         def layer_scores(layer_acts, sims_used):
             top = layer_acts.top_indices if need and layer_acts.top_indices.shape[0] >= min(need, store.num_images) else None
-            return scores(sims_used, layer_acts.summaries, self.method, top_indices=top, **sim_params)
+            return scores(sims_used, layer_acts.summaries, self.similarity, top_indices=top, **sim_params)
 
         composite_cache: dict[str, torch.Tensor] = {}
         neurons: list[NeuronExplanation] = []
@@ -718,7 +791,7 @@ class ClipDissect:
                 sc, column_names, allowed = self._with_composites(
                     la, sc, sims, concepts, encode_composites, composite_cache, layer_scores, settings
                 )
-            neurons += self._neurons(la, sc, column_names, settings, allowed)
+            neurons += self._neurons(la, sc, column_names, settings, allowed, store)
         params = dict(settings)
         params.update(
             concepts=concepts,
@@ -726,6 +799,7 @@ class ClipDissect:
             num_images=store.num_images,
             layers=list(names),
             store_key=dict(store.key),
+            probe=probe_identity(store),
         )
         return Explanations(method=self.name, neurons=tuple(neurons), params=params)
 
@@ -769,7 +843,7 @@ class ClipDissect:
         ext_scores = ext_scores.masked_fill(~allowed.to(ext_scores.device), -math.inf)
         return ext_scores, concepts + texts, allowed.sum(1)
 
-    def _neurons(self, la, sc, names, settings, allowed=None) -> list[NeuronExplanation]:
+    def _neurons(self, la, sc, names, settings, allowed, store) -> list[NeuronExplanation]:
         """One layer's explanations from its scores ``sc [K, columns]``; ``allowed [K]``: how many
         columns each neuron may choose from (compositional: the singles and its own candidates)."""
         K = la.num_neurons
@@ -783,13 +857,9 @@ class ClipDissect:
         images = la.top_indices[: settings["n_top_images"]]
         out = []
         for k in range(K):
-            top_images = tuple(int(i) for i in images[:, k].tolist())
+            refs = top_image_refs(store, images[:, k].tolist())
             if bool(constant[k]):
-                out.append(
-                    NeuronExplanation(
-                        la.layer, k, "", math.nan, interpretable=False, dead=bool(dead[k]), top_images=top_images
-                    )
-                )
+                out.append(NeuronExplanation(la.layer, k, "", math.nan, interpretable=False, dead=bool(dead[k]), **refs))
                 continue
             keep = n_top if allowed is None else min(n_top, int(allowed[k]))
             vals = top_vals[:keep, k].tolist()
@@ -805,7 +875,8 @@ class ClipDissect:
                     scores=tuple(float(v) for v in vals),
                     interpretable=interpretable,
                     dead=bool(dead[k]),
-                    top_images=top_images,
+                    label=labels[0],
+                    **refs,
                 )
             )
         return out
@@ -839,7 +910,7 @@ def dissect(
     concepts=None,
     scores=None,
     vlm=None,
-    method: str = "soft_wpmi",
+    method: str | None = None,
     summary: str = "mean",
     cache_dir=None,
     batch_size: int = 64,
@@ -849,13 +920,15 @@ def dissect(
     num_workers: int = 0,
     compositional: bool = False,
     template: str | None = None,
+    *,
+    similarity: str | None = None,
     **params,
 ) -> Explanations:
     """CLIP-Dissect in one call: record ``model`` over ``probe``, score the probe against the
-    concepts, label every neuron of ``layers``.
+    concepts, label every neuron of ``layers`` (the pipeline of ``neurocore dissect`` and the demo).
 
     Args:
-        model: a ``torch.nn.Module`` (put in eval mode by the recording).
+        model: a ``torch.nn.Module`` (put in eval mode by the recording; never moved).
         layers: module name(s) as ``model.named_modules()`` spells them.
         probe: the probe images: a dataset yielding images or ``(image, label)`` (see
             :func:`neurocore.probe.record`).
@@ -863,12 +936,13 @@ def dissect(
             built-in name such as ``"20k"``, a file path, a list of strings). May be None when
             ``scores`` is a ConceptScores (its concepts are used).
         scores: given image–concept scores: a ConceptScores, or a ``Tensor[N, M]`` whose columns are
-            ``concepts`` and rows the readable probe images in order (e.g. label scores from
-            ``ConceptScores.from_labels``). Exactly one of ``scores`` and ``vlm``.
+            ``concepts`` and whose rows are the readable probe images in order, or all probe images
+            in order (rows of images the recording skips are then dropped). Exactly one of
+            ``scores`` and ``vlm``.
         vlm: a vision–language model adapter (:mod:`neurocore.vlm`) or a spec string
             ``"open_clip:NAME:TAG_OR_FILE"`` (loaded on ``device``); it encodes the probe images (with
             its own preprocessing: the probe must then yield PIL images) and the concepts.
-        method: the similarity function (:data:`SIMILARITIES`).
+        method: deprecated name of ``similarity``.
         summary: how activation maps are reduced per neuron (``"mean"``, ``"max"``, ``"first"``).
         cache_dir: where activations and embeddings are cached (keyed by what determines them).
         batch_size, device, num_workers: for recording and encoding. device: where the model runs
@@ -879,6 +953,7 @@ def dissect(
         compositional: search two-concept descriptions (needs ``vlm``; see :class:`ClipDissect`).
         template: prompt template for the concepts, e.g. ``"a photo of {}"`` (default none, as the
             paper).
+        similarity: the similarity function (:data:`SIMILARITIES`; default ``"soft_wpmi"``).
         **params: :class:`ClipDissect` settings (``n_top_concepts``, ``interpretable_threshold``,
             ``composite_top_n``, ``n_top_images``, ``seed``) and similarity parameters.
 
@@ -889,100 +964,34 @@ def dissect(
         NeurocoreError: both or neither of ``scores``/``vlm``; a score tensor whose shape does not
             match the concepts or the probe; ``compositional`` without a vision–language model;
             invalid settings (checked before any recording).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten(1))
+        >>> probe = [torch.rand(3, 1, 1) for _ in range(30)]
+        >>> sims = torch.cat([p.view(1, 3) for p in probe])
+        >>> ex = dissect(model, ["0"], probe, ["red", "green", "blue"], scores=sims, similarity="cos", progress=False)
+        >>> len(ex), ex[0].description in ("red", "green", "blue")
+        (2, True)
     """
-    from neurocore import probe as probe_mod
-    from neurocore.concepts import ConceptScores, load_concepts
+    from neurocore._pipeline import run_dissection
 
-    explainer = ClipDissect(method=method, compositional=compositional, **params)
-    explainer._settings()  # fail on bad settings before the expensive recording
-    if (scores is None) == (vlm is None):
-        raise NeurocoreError(
-            "give exactly one of scores= (a ConceptScores or a Tensor[N, M] of image–concept scores) and "
-            f"vlm= (a vision–language model or 'open_clip:NAME:TAG'); got {'both' if scores is not None else 'neither'}"
-        )
-    if compositional and vlm is None:
-        raise NeurocoreError(
-            "compositional=True needs vlm= to encode the composite texts 'c1 c2'; with a fixed score "
-            "matrix use ClipDissect(compositional=True).explain(..., encode_composites=fn)"
-        )
-    if template is not None and vlm is None:
-        raise NeurocoreError("template= applies to concepts encoded by vlm=; the given scores were computed already")
-    concept_scores = None
-    if scores is not None:
-        if isinstance(scores, ConceptScores):
-            concept_scores = scores
-            if concepts is not None:
-                names = load_concepts(concepts)
-                if list(names) != list(scores.concepts):
-                    raise NeurocoreError(
-                        "concepts differ from the given ConceptScores' concepts; pass concepts=None to use those of the scores"
-                    )
-        else:
-            if concepts is None:
-                raise NeurocoreError("scores is a tensor: pass concepts= naming its columns")
-            names = load_concepts(concepts)
-            if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[1] != len(names):
-                shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-                raise NeurocoreError(f"scores must be a Tensor[N, M={len(names)}] (one column per concept); got {shape}")
-            concept_scores = ConceptScores.from_tensor(scores, names)
-    else:
-        if concepts is None:
-            raise NeurocoreError("pass concepts= (e.g. '20k', a file path or a list of strings) for the vlm to encode")
-        names = load_concepts(concepts)
-        if isinstance(vlm, str):
-            from neurocore.vlm import load_vlm
-
-            vlm = load_vlm(vlm, device=device)
-    try:
-        n_probe = len(probe)
-    except TypeError:
-        n_probe = concept_scores.num_images if concept_scores is not None else 0
-    if concept_scores is not None and concept_scores.num_images > n_probe:
-        # fewer rows can be right (unreadable images are skipped); more never are
-        raise NeurocoreError(
-            f"the scores have {concept_scores.num_images} rows but the probe has {n_probe} images: give one row "
-            "per readable probe image, in the probe's order"
-        )
-    store = probe_mod.record(
-        model,
-        layers,
-        probe,
-        summary=summary,
-        top_k=max(1, explainer.required_top_k(n_probe)),
-        batch_size=batch_size,
-        transform=transform,
-        device=device,
-        cache_dir=cache_dir,
-        num_workers=num_workers,
-        progress=progress,
+    similarity = _similarity_keyword(similarity, method)
+    explainer = ClipDissect(similarity=similarity, compositional=compositional, **params)
+    run = run_dissection(
+        model, layers, probe, explainer, scores=scores, concepts=concepts, vlm=vlm, template=template,
+        summary=summary, transform=transform, batch_size=batch_size, device=device, cache_dir=cache_dir,
+        num_workers=num_workers, progress=progress,
     )
-    encode = None
-    if concept_scores is None:
-        from neurocore.vlm._embed import check_vlm, embed_images
-
-        vlm = check_vlm(vlm)
-        # Encoded once: the concept scores and the composite texts' scores share the image embeddings.
-        images = embed_images(vlm, probe, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
-                              progress=progress)
-        concept_scores = ConceptScores.from_image_embeddings(vlm, images, names, template=template,
-                                                             cache_dir=cache_dir, progress=progress)
-        if compositional:
-            encode = _vlm_text_scores(vlm, images, template)
-
-    if store.num_images != concept_scores.num_images:
-        raise NeurocoreError(
-            f"the recording kept {store.num_images} probe images but the scores have {concept_scores.num_images} "
-            "rows: given scores must have one row per readable probe image, in the probe's order"
-        )
-    return explainer.explain(store, concept_scores, layers=list(store.layers), progress=progress, encode_composites=encode)
+    return run.explanations
 
 
-def _vlm_text_scores(vlm, images, template):
-    """``texts -> Tensor[N, len(texts)]``: cosines of the probe's image embeddings ``images`` and new
-    texts under ``vlm``, as :meth:`ConceptScores.from_vlm` computes them."""
-    from neurocore.vlm import embed_texts
+def _similarity_keyword(similarity, method) -> str:
+    """``similarity=``, or the deprecated ``method=`` with a warning; never both."""
+    if method is not None:
+        import warnings
 
-    def encode(texts):
-        return images.embeddings @ embed_texts(vlm, texts, template=template, progress=False).T
-
-    return encode
+        if similarity is not None:
+            raise NeurocoreError("give similarity= only (method= is its deprecated old name); got both")
+        warnings.warn("method= is deprecated: use similarity= (the same values)", DeprecationWarning, stacklevel=3)
+        return method
+    return "soft_wpmi" if similarity is None else similarity

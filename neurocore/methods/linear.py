@@ -23,19 +23,18 @@ the one-call form.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from neurocore import ops
 from neurocore._errors import NeurocoreError
 from neurocore.concepts._scores import ConceptScores
-from neurocore.methods._base import Explanations, NeuronExplanation, register_method
+from neurocore._alignment import check_same_images
+from neurocore._split import Split, split_indices
+from neurocore.methods._base import Explanations, NeuronExplanation, probe_identity, register_method, top_image_refs
 from neurocore.methods._linear_learn import DEFAULT_ETA, DEFAULT_LAM, GreedyResult, elastic_net, greedy_search, rank_concepts
 from neurocore.probe._store import DEAD_THRESHOLD, ActivationStore
 
@@ -103,146 +102,8 @@ def filter_concepts(P, top: int = 5, min_top_mean: float = 0.5, min_std: float =
 
 
 # ----------------------------------------------------------------------------------------------
-# The train/val/test split
-
-_SPLIT_FORMAT = "neurocore.split"
-_SPLIT_VERSION = 1
-
-
-@dataclass(frozen=True, eq=False)
-class Split:
-    """A train/val/test split of the probe images.
-
-    Attributes:
-        train, val, test (Tensor[n_part], int64): probe image indices of each part, ascending, disjoint.
-        num_images: N, the size of the probe set the split belongs to.
-        seed: the seed that drew it (None for a split given by hand).
-        fractions: the (train, val, test) fractions it was drawn with.
-    """
-
-    train: torch.Tensor
-    val: torch.Tensor
-    test: torch.Tensor
-    num_images: int
-    seed: int | None = None
-    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-
-    def __post_init__(self):
-        parts = {}
-        for name in ("train", "val", "test"):
-            t = torch.as_tensor(getattr(self, name))
-            if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
-                raise NeurocoreError(f"split part {name!r} must be a 1-D tensor of image indices; got {t.dtype} {tuple(t.shape)}")
-            t = t.to("cpu", torch.int64).clone()
-            if t.numel() and (t.min() < 0 or t.max() >= self.num_images):
-                raise NeurocoreError(f"split part {name!r} has indices outside [0, {self.num_images})")
-            object.__setattr__(self, name, t)
-            parts[name] = t
-        every = torch.cat(list(parts.values()))
-        if every.unique().numel() != every.numel():
-            raise NeurocoreError("the split's train, val and test parts must be disjoint and without repeats")
-        object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
-
-    def __eq__(self, other) -> bool:
-        if not isinstance(other, Split):
-            return NotImplemented
-        return (
-            self.num_images == other.num_images
-            and all(torch.equal(getattr(self, p), getattr(other, p)) for p in ("train", "val", "test"))
-        )
-
-    __hash__ = None
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (what :meth:`save` writes and :meth:`from_dict` reads)."""
-        return {
-            "format": _SPLIT_FORMAT,
-            "version": _SPLIT_VERSION,
-            "num_images": int(self.num_images),
-            "seed": self.seed,
-            "fractions": list(self.fractions),
-            "train": self.train.tolist(),
-            "val": self.val.tolist(),
-            "test": self.test.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d) -> Split:
-        """Rebuild a split from :meth:`to_dict` (e.g. ``Split.from_dict(explanations.params["split"])``)."""
-        if not isinstance(d, dict) or d.get("format") != _SPLIT_FORMAT:
-            raise NeurocoreError("not a saved split: expected the dict of Split.to_dict() (format 'neurocore.split')")
-        if d.get("version") != _SPLIT_VERSION:
-            raise NeurocoreError(f"split format version {d.get('version')}; this neurocore reads {_SPLIT_VERSION}")
-        return cls(
-            torch.tensor(d["train"], dtype=torch.int64),
-            torch.tensor(d["val"], dtype=torch.int64),
-            torch.tensor(d["test"], dtype=torch.int64),
-            int(d["num_images"]),
-            d.get("seed"),
-            tuple(d.get("fractions", (math.nan,) * 3)),
-        )
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the split as JSON to ``path`` (parent folders created); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Split:
-        """Read a split written by :meth:`save`."""
-        path = Path(path)
-        if not path.is_file():
-            raise NeurocoreError(f"split file {str(path)!r} does not exist: pass the path Split.save() wrote")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise NeurocoreError(f"split file {str(path)!r} is not valid JSON ({exc}); save it again with Split.save()") from None
-        return cls.from_dict(d)
-
-
-def split_indices(n: int, seed: int = 0, fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> Split:
-    """A seeded random train/val/test split of ``n`` probe images (LE's 70/10/20 split, paper §3.2).
-
-    The images are permuted by ``torch.randperm`` with a CPU generator seeded with ``seed`` (the same on
-    every run and platform for a given torch); the first ``round(fractions[0]·n)`` go to train, the next
-    ``round(fractions[1]·n)`` to val, the rest to test; each part is then sorted. Save it with
-    :meth:`Split.save` to reuse it with another torch.
-
-    Args:
-        n: the number of probe images.
-        seed: the generator's seed.
-        fractions: (train, val, test), positive, summing to 1.
-
-    Raises:
-        NeurocoreError: fractions malformed, or ``n`` too small for every part to hold 2 images.
-
-    Example:
-        >>> s = split_indices(10, seed=0)
-        >>> len(s.train), len(s.val), len(s.test)
-        (7, 1, 2)
-    """
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or any(not (f > 0) for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise NeurocoreError(f"fractions must be three positive numbers (train, val, test) summing to 1; got {fractions}")
-    n = int(n)
-    n_train = int(round(fractions[0] * n))
-    n_val = int(round(fractions[1] * n))
-    if n < 1 or n_train < 1 or n_val < 1 or n - n_train - n_val < 1:
-        raise NeurocoreError(f"cannot split {n} images into non-empty parts with fractions {fractions}: give more images")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    return Split(
-        perm[:n_train].sort().values,
-        perm[n_train : n_train + n_val].sort().values,
-        perm[n_train + n_val :].sort().values,
-        n,
-        int(seed),
-        fractions,
-    )
-
+# The train/val/test split lives in neurocore._split (simulation scoring uses it too); importable
+# from here as before.
 
 # ----------------------------------------------------------------------------------------------
 # The method
@@ -290,9 +151,13 @@ class LinearExplanations:
         dead_threshold: a neuron whose maximal activation over the probe set is below this is dead: it
             is flagged and gets an empty explanation (paper C.2: 0.01).
         top_images: how many of each neuron's most activating images to list in the result.
+
+    A misspelt setting raises :class:`~neurocore.methods.UnknownSettingError` (a ``TypeError``)
+    naming its close matches: ``LinearExplanations(max_lenght=3)`` suggests ``max_length``.
     """
 
     name = "linear"
+    needs = frozenset({"store", "scores"})
 
     def __init__(
         self,
@@ -328,6 +193,10 @@ class LinearExplanations:
         concept_scores: ConceptScores,
         layers: str | Sequence[str] | None = None,
         progress: bool = False,
+        *,
+        model=None,
+        probe=None,
+        transform=None,
     ) -> Explanations:
         """Explain every neuron of the given layers.
 
@@ -338,6 +207,8 @@ class LinearExplanations:
                 calibrated probabilities (not raw cosines: see :func:`~neurocore.concepts.calibrated_matrix`).
             layers: layer name(s) of ``store`` to explain; None = all.
             progress: show progress bars.
+            model, probe, transform: accepted for the method contract (``needs`` does not name
+                them) and ignored.
 
         Returns:
             :class:`Explanations` (method ``"linear"``): per neuron ``is_linear=True``, ``concepts`` in
@@ -348,14 +219,20 @@ class LinearExplanations:
             positively gets an empty explanation (``description ""``, ``bias`` its train mean,
             correlations 0: a constant prediction explains none of the variation; ``interpretable=False``);
             a dead neuron (max activation < ``dead_threshold``) is flagged ``dead=True``, not explained,
-            with NaN correlations. ``params`` holds the settings, the split (:meth:`Split.to_dict`:
-            seed, fractions and the indices; ``"split_path"`` when it was read from a file), the
-            concept counts, and ``"concept_source"``/``"concept_key"`` (the ``source`` and ``key`` of
-            ``concept_scores``, e.g. its calibration).
+            with NaN correlations. ``label`` is the concept of largest ``|weight|`` ("" for none); top
+            images are the store's top-k rows (``top_images``), their ``top_dataset_indices`` and
+            ``top_image_ids``. ``params`` holds the settings, the split (:meth:`Split.to_dict`:
+            seed, fractions, the indices and the digest of the image ids it was drawn for;
+            ``"split_path"`` when it was read from a file), ``"concepts"`` (every concept of
+            ``concept_scores``) and the concept counts, ``"concept_source"``/``"concept_key"`` (the
+            ``source`` and ``key`` of ``concept_scores``, e.g. its calibration) and ``"probe"``
+            (:func:`~neurocore.methods.probe_identity` of the store).
 
         Raises:
-            NeurocoreError: mismatched image counts, unknown layers, non-finite activations, a bad
-                split, no concept passing the filter, or invalid settings.
+            NeurocoreError: store and scores with different images (another number, or other ids:
+                the message names the first row that differs), a split drawn for other images,
+                unknown layers, non-finite activations, a bad split, no concept passing the filter,
+                or invalid settings.
         """
         self._check_settings()
         if not isinstance(store, ActivationStore):
@@ -374,13 +251,12 @@ class LinearExplanations:
         layer_acts = [store[name] for name in layer_names]  # unknown names raise with the list
         P = concept_scores.scores
         N = P.shape[0]
-        for la in layer_acts:
-            if la.num_images != N:
-                raise NeurocoreError(
-                    f"layer {la.layer!r} has activations of {la.num_images} images but concept_scores has {N} rows; "
-                    "both must come from the same probe set in the same order"
-                )
-        split, split_path = self._resolve_split(N)
+        check_same_images(
+            store, concept_scores, "the activation store", "concept_scores",
+            "record and score the same probe set (pass image_ids= to ActivationStore.from_tensor / "
+            "ConceptScores.from_tensor so that this is checked by id)",
+        )
+        split, split_path = self._resolve_split(store if store.image_ids else concept_scores)
         if self.filter:
             keep = filter_concepts(P)
             if not keep.any():
@@ -399,7 +275,7 @@ class LinearExplanations:
         neurons: list[NeuronExplanation] = []
         bar = _progress(layer_acts, progress and len(layer_acts) > 1)
         for la in bar:
-            neurons += self._explain_layer(la, P, P_train, P_val, keep_idx, names, split, progress)
+            neurons += self._explain_layer(la, P, P_train, P_val, keep_idx, names, split, progress, store)
 
         params = {
             "lam": self.lam,
@@ -417,6 +293,8 @@ class LinearExplanations:
             "concept_key": dict(concept_scores.key),
             "split": split.to_dict(),
             "split_path": split_path,
+            "concepts": list(concept_scores.concepts),
+            "probe": probe_identity(store),
         }
         return Explanations(method=self.name, neurons=tuple(neurons), params=params)
 
@@ -436,20 +314,18 @@ class LinearExplanations:
             if not ok or isinstance(value, bool):
                 raise NeurocoreError(f"LinearExplanations setting {name} must be {expected}; got {value!r}")
 
-    def _resolve_split(self, N: int) -> tuple[Split, str | None]:
+    def _resolve_split(self, images) -> tuple[Split, str | None]:
+        """The split in effect, checked against ``images`` (the store, or the scores when only they
+        have image ids): same number of images, same ids when both sides know them."""
         split, path = self.split, None
         if split is None:
-            split = split_indices(N, seed=self.seed)
+            split = split_indices(images, seed=self.seed)
         elif isinstance(split, (str, os.PathLike)):
             path = str(split)
             split = Split.load(split)
         elif not isinstance(split, Split):
             raise NeurocoreError(f"split must be a Split, the path of a saved one, or None; got {type(split).__name__}")
-        if split.num_images != N:
-            raise NeurocoreError(
-                f"the split was made for {split.num_images} images but the probe set has {N}: draw a new one "
-                f"with split_indices({N}, seed)"
-            )
+        split.check_images(images, "the probe set")
         for part in ("train", "val", "test"):
             if getattr(split, part).numel() < 2:
                 raise NeurocoreError(
@@ -458,7 +334,7 @@ class LinearExplanations:
                 )
         return split, path
 
-    def _explain_layer(self, la, P, P_train, P_val, keep_idx, names, split, progress) -> list[NeuronExplanation]:
+    def _explain_layer(self, la, P, P_train, P_val, keep_idx, names, split, progress, store) -> list[NeuronExplanation]:
         A = la.summaries
         if not torch.isfinite(A).all():
             raise NeurocoreError(f"activations of layer {la.layer!r} contain NaN or inf; check the model and inputs")
@@ -493,12 +369,12 @@ class LinearExplanations:
         neurons = []
         position = {int(k): i for i, k in enumerate(alive.tolist())}
         for k in range(K):
-            top = tuple(la.top_indices[:top_k, k].tolist())
+            refs = top_image_refs(store, la.top_indices[:top_k, k].tolist())
             if k not in position:
                 neurons.append(
                     NeuronExplanation(
                         la.layer, k, "", math.nan, is_linear=True, interpretable=False, dead=True,
-                        top_images=top, metrics={"val_corr": math.nan, "test_corr": math.nan},
+                        metrics={"val_corr": math.nan, "test_corr": math.nan}, **refs,
                     )
                 )
                 continue
@@ -519,8 +395,8 @@ class LinearExplanations:
                     bias=float(r.bias),
                     is_linear=True,
                     interpretable=bool(idx),
-                    top_images=top,
                     metrics={"val_corr": val_corr, "test_corr": float(test_corr[i])},
+                    **refs,
                 )
             )
         return neurons
@@ -545,7 +421,8 @@ def explain_linear(
             ``tolerance``, ``seed``, ``split``, ``filter``, ``dead_threshold``, ``top_images``).
 
     Raises:
-        NeurocoreError: an unknown setting, or any error of :meth:`LinearExplanations.explain`.
+        UnknownSettingError: an unknown setting (a ``TypeError`` naming its close matches).
+        NeurocoreError: any error of :meth:`LinearExplanations.explain`.
 
     Example:
         >>> P = torch.bernoulli(torch.full((300, 20), 0.3))
@@ -555,10 +432,7 @@ def explain_linear(
         >>> e[0].concepts
         ('c3', 'c10')
     """
-    allowed = [p for p in inspect.signature(LinearExplanations.__init__).parameters if p != "self"]
-    unknown = sorted(set(settings) - set(allowed))
-    if unknown:
-        raise NeurocoreError(f"unknown LinearExplanations setting(s) {unknown}; the settings are: {', '.join(allowed)}")
+    explainer = LinearExplanations(**settings)  # an unknown setting raises here, naming its close matches
     if isinstance(store_or_acts, ActivationStore):
         store = store_or_acts
     elif isinstance(store_or_acts, torch.Tensor):
@@ -570,7 +444,7 @@ def explain_linear(
         store = ActivationStore.from_tensor(store_or_acts, top_k=max(1, min(100, store_or_acts.shape[0])))
     else:
         raise NeurocoreError(f"store_or_acts must be an ActivationStore or a Tensor[N, K]; got {type(store_or_acts).__name__}")
-    return LinearExplanations(**settings).explain(store, concept_scores, layers=layers, progress=progress)
+    return explainer.explain(store, concept_scores, layers=layers, progress=progress)
 
 
 def _take(P: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

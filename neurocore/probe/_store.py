@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,8 +11,8 @@ from typing import Any
 import torch
 
 from neurocore._errors import NeurocoreError
-from neurocore._io import atomic_write as _atomic
 from neurocore._io import jsonable as _jsonable
+from neurocore._io import read_meta, read_result, write_result
 
 DEAD_THRESHOLD = 0.01  # ALGORITHMS.md §2: a neuron is dead when its max activation is below this
 
@@ -59,8 +58,10 @@ class ActivationStore:
         layers: layer name -> :class:`LayerActivations`, in the order they were asked for.
         num_images: N, the probe set's size (after unreadable images were skipped).
         labels (Tensor[N], int64) or None: the probe's labels when it yields ``(image, label)``.
-        image_ids: one identifier per kept image (file path for image folders, else the dataset
-            index as a string), aligned with the rows of the summaries.
+        image_ids: one identifier per kept image, aligned with the rows of the summaries (from
+            :func:`~neurocore.probe.record`: the file path relative to the probe root for image folders,
+            ``dataset.image_id(i)`` when the dataset has it, else the dataset index as a string), or
+            ``()`` when unknown (:meth:`from_tensor` without ``image_ids``).
         key: what determined the recording (model digest, preprocessing, dataset identity...).
         dataset_indices (Tensor[N], int64): the probe dataset's index of every row (rows skip
             unreadable images, so row ``i`` is image ``dataset_indices[i]`` of the dataset); defaults
@@ -70,8 +71,8 @@ class ActivationStore:
 
     Example:
         >>> store = ActivationStore.from_tensor(torch.rand(6, 3), "fc", top_k=2)
-        >>> store["fc"].top_indices.shape, store.dataset_indices.tolist()
-        (torch.Size([2, 3]), [0, 1, 2, 3, 4, 5])
+        >>> store["fc"].top_indices.shape, store.dataset_indices.tolist(), store.image_ids
+        (torch.Size([2, 3]), [0, 1, 2, 3, 4, 5], ())
     """
 
     layers: Mapping[str, LayerActivations]
@@ -83,6 +84,10 @@ class ActivationStore:
     skipped: tuple[tuple[int, str], ...] = ()
 
     def __post_init__(self):
+        if self.image_ids and len(self.image_ids) != self.num_images:
+            raise NeurocoreError(
+                f"image_ids has {len(self.image_ids)} ids but the store has {self.num_images} rows: give one id per row (or none)"
+            )
         if self.dataset_indices is None:
             object.__setattr__(self, "dataset_indices", torch.arange(self.num_images, dtype=torch.int64))
         elif self.dataset_indices.shape != (self.num_images,):
@@ -107,10 +112,10 @@ class ActivationStore:
         return {name: acts.dead(threshold) for name, acts in self.layers.items()}
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``activations.json`` (names, ids, key) and ``activations.pt`` (tensors) into
-        ``directory`` (created if needed), each atomically. :meth:`load` reads them back. Returns the folder."""
+        """Write ``activations.json`` (names, ids, skipped images, key, the tensors' digest) and
+        ``activations.pt`` (tensors) into ``directory`` (created if needed), each atomically, with
+        :func:`neurocore._io.write_result`. :meth:`load` reads them back. Returns the folder."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, torch.Tensor] = {"dataset_indices": self.dataset_indices}
         if self.labels is not None:
             tensors["labels"] = self.labels
@@ -119,7 +124,6 @@ class ActivationStore:
             tensors[f"{i}.top_values"] = acts.top_values
             tensors[f"{i}.top_indices"] = acts.top_indices
         meta = {
-            "format_version": _STORE_FORMAT,
             "num_images": self.num_images,
             "layers": [{"name": a.layer, "summary": a.summary} for a in self.layers.values()],
             "layer_keys": list(self.layers),
@@ -127,27 +131,25 @@ class ActivationStore:
             "skipped": [[int(i), str(why)] for i, why in self.skipped],
             "key": _jsonable(self.key),
         }
-        _atomic(directory / "activations.pt", lambda p: torch.save({k: v.contiguous() for k, v in tensors.items()}, p))
-        _atomic(directory / "activations.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
-        return directory
+        return write_result(directory / "activations.json", "activations", _STORE_FORMAT, meta, tensors,
+                            directory / "activations.pt")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> ActivationStore:
-        """Read a store written by :meth:`save`.
+        """Read a store written by :meth:`save` (also the digest-less format 1 of earlier versions).
 
         Raises:
-            NeurocoreError: the folder lacks the files, or they come from another format version.
+            NeurocoreError: the folder lacks the files, they come from another format version, or the
+                tensors are not those the JSON was written with.
         """
         directory = Path(directory)
         meta_path, tensor_path = directory / "activations.json", directory / "activations.pt"
         if not meta_path.is_file() or not tensor_path.is_file():
             raise NeurocoreError(f"{directory} holds no saved ActivationStore: pass the folder ActivationStore.save() wrote")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != _STORE_FORMAT:
-            raise NeurocoreError(
-                f"{meta_path} has format version {meta.get('format_version')}; this neurocore reads {_STORE_FORMAT}"
-            )
-        tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
+        meta = read_meta(meta_path, "activations", "ActivationStore")
+        if "format" not in meta and meta.get("format_version") == 1:
+            meta = {**meta, "format": "neurocore.activations"}  # format 1 had no kind and no digest
+        meta, tensors = read_result(meta_path, "activations", (1, _STORE_FORMAT), tensor_path, what="ActivationStore", meta=meta)
         layers = {}
         for i, (key, info) in enumerate(zip(meta["layer_keys"], meta["layers"])):
             layers[key] = LayerActivations(
@@ -164,8 +166,33 @@ class ActivationStore:
         )
 
     @classmethod
-    def from_tensor(cls, acts: torch.Tensor, layer: str = "layer", top_k: int = 100, labels=None) -> ActivationStore:
-        """A store of one layer from an already summarised ``acts (Tensor[N, K])``."""
+    def from_tensor(
+        cls,
+        acts: torch.Tensor,
+        layer: str = "layer",
+        top_k: int = 100,
+        labels=None,
+        *,
+        image_ids=None,
+        dataset_indices=None,
+    ) -> ActivationStore:
+        """A store of one layer from an already summarised ``acts (Tensor[N, K])``.
+
+        Args:
+            acts (Tensor[N, K]): summarised activations, row i = image i.
+            layer: the layer's name in the store.
+            top_k: each neuron's top images kept (at most N).
+            labels (Tensor[N], int64, optional): the images' labels.
+            image_ids: the N images' ids (e.g. paths relative to the probe root, as
+                :func:`neurocore.probe.record` gives them). Default ``()``: unknown. No ids are made up,
+                so rows of this store are never mistaken for files; results then carry no image ids
+                and alignment checks compare only numbers of images.
+            dataset_indices (Tensor[N], int64, optional): the probe dataset's index of every row
+                (default ``0..N-1``).
+
+        Raises:
+            NeurocoreError: ``acts`` not 2-D or with NaN, ``image_ids`` of another length.
+        """
         from neurocore import ops
 
         if acts.dim() != 2:
@@ -173,11 +200,16 @@ class ActivationStore:
         acts = acts.detach().to("cpu", torch.float32).contiguous()
         if torch.isnan(acts).any():
             raise NeurocoreError(f"acts of layer {layer!r} contain NaN; check the model and inputs")
+        if isinstance(image_ids, str):
+            raise NeurocoreError("image_ids must be a sequence of N strings (one per row); got one string")
+        ids = () if image_ids is None else tuple(str(i) for i in image_ids)
+        if dataset_indices is not None:
+            dataset_indices = torch.as_tensor(dataset_indices, dtype=torch.int64).reshape(-1)
         values, indices = ops.topk(acts, top_k)
         layer_acts = LayerActivations(layer, "given", acts, values, indices)
-        return cls({layer: layer_acts}, acts.shape[0], labels=labels, image_ids=tuple(str(i) for i in range(acts.shape[0])))
+        return cls({layer: layer_acts}, acts.shape[0], labels=labels, image_ids=ids, dataset_indices=dataset_indices)
 
 
-_STORE_FORMAT = 1
+_STORE_FORMAT = 2  # 2: the common result header and the tensors' digest (neurocore._io)
 
 
