@@ -7,6 +7,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+NEUROCORE_CUDA ?= auto
+# What the compiled extension depends on. Python sources are not here: the editable install reads them
+# in place. Bytecode caches are left out (importing cmake/build_config.py writes one during the build).
+BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc cmake -type f -not -path '*/__pycache__/*' -not -name '*.pyc')
+# One stamp per NEUROCORE_CUDA setting: switching it rebuilds, repeating a target does not.
+BUILT := $(VENV)/.built-cuda-$(NEUROCORE_CUDA)
 
 .PHONY: venv build demo test bench clean
 
@@ -18,8 +24,14 @@ $(VENV)/.installed: .ci/requirements.txt
 
 venv: $(VENV)/.installed
 
-build: venv
+# The extension is compiled only when a build input changed since the last build (make demo, then
+# make test, compiles once).
+$(BUILT): $(VENV)/.installed $(BUILD_INPUTS)
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	rm -f $(VENV)/.built-cuda-*
+	touch $@
+
+build: $(BUILT)
 
 demo: build
 	$(VENV)/bin/neurocore demo --out demo-out
@@ -33,4 +45,4 @@ bench: build
 	$(PY) benchmarks/bench_dissect.py --write
 
 clean:
-	rm -rf build neurocore/_C*.so *.egg-info
+	rm -rf build neurocore/_C*.so *.egg-info $(VENV)/.built-cuda-*

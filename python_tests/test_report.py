@@ -198,3 +198,28 @@ def test_layer_summary_counts():
     assert table.loc["b", ["neurons", "dead", "unlabelled"]].tolist() == [1, 1, 1]
     assert table.loc["a", "top_labels"] == "red ×2, zebra ×1"
     assert list(layer_summary(ex).columns) == ["neurons", "dead", "interpretable", "unlabelled", "top_labels"]
+
+
+@pytest.mark.parametrize("wnids", [("n01443537", "n02124075"), ("n02012849", "n03126707")])
+def test_wordnet_id_classes_are_shown_by_name(tmp_path, wnids):
+    # class folders named by WordNet id (ImageNet, Tiny-ImageNet): tables and the report show names;
+    # two synsets with one name ("crane", the bird and the machine) stay apart by their ids
+    from neurocore.concepts import display_class_names
+
+    shown = display_class_names(wnids)
+    for w in wnids:
+        (tmp_path / "probe" / w).mkdir(parents=True)
+        PIL.Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "probe" / w / "a.png")
+    probe = ImageFolder(tmp_path / "probe")
+    ex = Explanations("clip_dissect", (
+        NeuronExplanation("fc", 0, wnids[0], 1.0, (wnids[0], wnids[1]), (1.0, 0.5), top_images=(0,)),
+        NeuronExplanation("fc", 1, wnids[1], 1.0, (wnids[1],), (1.0,), top_images=(1,)),
+        NeuronExplanation("fc", 2, "red", 1.0, ("red",), (1.0,), top_images=(1,)),
+    ))
+    table = layer_summary(ex)
+    assert set(table.loc["fc", "top_labels"].replace(" ×1", "").split(", ")) == {*shown, "red"}
+    page = write_html_report(ex, tmp_path / "out", probe=probe, thumbnail_size=16).read_text()
+    for w, name in zip(wnids, shown):
+        assert f"<td class='label'>{name} <span class='meta'>{w}</span></td>" in page
+        assert f"<figcaption>{name} · {w}/a.png</figcaption>" in page
+    assert "<td class='label'>red</td>" in page

@@ -79,23 +79,25 @@ def run_demo(
     train_per_class: int = 150,
     probe_per_class: int = 150,
     epochs: int = 8,
-    method: str = "wpmi",
+    method: str | None = None,
     threads: int | None = 1,
     n_images: int = 5,
     progress: bool = True,
+    similarity: str | None = None,
 ) -> DemoResult:
     """Dissect a CNN whose answer key is known.
 
     1. Draw training and probe images of a :class:`ConceptWorld` (24 classes ``"<colour> <shape>"``,
        40 concepts: 6 shapes, 4 colours, 4 textures, 2 backgrounds and the 24 classes).
     2. Train :class:`ConceptWorldCNN` on the training images, deterministically (:func:`train_cnn`).
-    3. Record its layers :data:`DEMO_LAYERS` over the probe (:func:`neurocore.probe.record`).
-    4. Label every neuron with CLIP-Dissect (:class:`neurocore.methods.ClipDissect`), using the
-       probe's **exact** concept scores in place of a vision–language model.
+    3. Record its layers :data:`DEMO_LAYERS` over the probe and label every neuron with CLIP-Dissect
+       (:class:`neurocore.methods.ClipDissect`), using the probe's **exact** concept scores in place
+       of a vision–language model: the pipeline of :func:`neurocore.dissect` and ``neurocore
+       dissect``.
     5. Score the labels against the ground truth: final-layer accuracy (neuron c of ``fc`` should be
        labelled with class c's name) and, for every layer, how often a neuron's top images truly
        show its label's concept.
-    6. With ``out_dir``: write ``explanations.csv``/``.json``, ``summary.csv``, ``demo.json``
+    6. With ``out_dir``: write ``explanations.csv``/``.json``, ``skipped.csv``, ``summary.csv``, ``demo.json``
        (settings, timings, weights digest, results), ``demo_cnn.pt`` (the CNN's state dict) and the
        HTML report ``index.html``.
 
@@ -110,7 +112,7 @@ def run_demo(
             looks at each neuron's top 100 images, so ``probe_per_class`` >= 100 lets a final-layer
             neuron's top images all be of its class.
         epochs: training epochs.
-        method: CLIP-Dissect's similarity function (``"wpmi"``, ``"soft_wpmi"``, ``"rank_reorder"``,
+        similarity: CLIP-Dissect's similarity function (``"wpmi"``, ``"soft_wpmi"``, ``"rank_reorder"``,
             ``"cos"``, ``"cos_cubed"``), with its published defaults. The demo uses WPMI: on exact
             0/1 concept scores SoftWPMI's marginal (λ = 1) saturates, because one neuron's
             conditional log-likelihood of a concept exceeds every other neuron's by tens of nats, so
@@ -118,6 +120,7 @@ def run_demo(
             its label (which one wins is then decided by rounding). WPMI's λ = 0.6 keeps a share of
             the conditional term and ranks them. With vision–language scores, whose per-image
             softmax is far flatter, SoftWPMI is the better choice (the paper's default).
+        method: deprecated name of ``similarity``.
         threads: torch CPU threads while training (fixed for bit-identical weights; None: leave).
         n_images: top images per neuron shown in the report.
         progress: progress bars.
@@ -133,17 +136,19 @@ def run_demo(
         >>> len(r.explanations.layer("fc")), 0.0 <= r.final_layer_accuracy <= 1.0
         (24, True)
     """
+    from neurocore._pipeline import run_dissection
     from neurocore.evaluate import final_layer_accuracy
     from neurocore.methods import ClipDissect
-    from neurocore.probe import record
-    from neurocore.report import layer_summary, write_html_report
+    from neurocore.methods.clip_dissect import _similarity_keyword
+    from neurocore.report import layer_summary
 
     for name, value in (("train_per_class", train_per_class), ("probe_per_class", probe_per_class), ("epochs", epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise NeurocoreError(f"{name} must be an integer >= 1; got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise NeurocoreError(f"seed must be an integer >= 0; got {seed!r}")
-    explainer = ClipDissect(method=method)
+    similarity = _similarity_keyword("wpmi" if similarity is None and method is None else similarity, method)
+    explainer = ClipDissect(similarity=similarity)
     explainer._settings()  # bad settings fail here, before the training
 
     seconds: dict[str, float] = {}
@@ -169,47 +174,43 @@ def run_demo(
     probe_accuracy = float((logits.argmax(1) == probe.labels).float().mean())
     lap("training")
 
-    store = record(
-        model, list(DEMO_LAYERS), probe, top_k=explainer.required_top_k(len(probe)), batch_size=256, progress=progress
+    run = run_dissection(
+        model, list(DEMO_LAYERS), probe, explainer, scores=probe.concept_scores(), batch_size=256, progress=progress
     )
-    lap("recording")
-    concept_scores = probe.concept_scores()
-    explanations = explainer.explain(store, concept_scores, progress=progress)
+    store, concept_scores, explanations = run.store, run.concept_scores, run.explanations
     final = final_layer_accuracy(explanations, world.classes, k=1, layer="fc")["top1"]
     precision = label_precision(explanations, concept_scores)
     summary = layer_summary(explanations, world.families)
     summary["label_precision"] = [round(precision[layer], 4) for layer in summary.index]
-    lap("dissection")
+    lap("dissection")  # the pipeline's scores and explanation stages, and the ground-truth checks
+    seconds["recording"] = run.seconds["recording"]
+    seconds["dissection"] -= seconds["recording"]
 
     report = None
     out = None
     if out_dir is not None:
         out = Path(out_dir)
-        explanations.save(out)
-        summary.to_csv(out / "summary.csv")
-        torch.save(model.state_dict(), out / "demo_cnn.pt")
-        report = write_html_report(
-            explanations,
+        report = run.write(
             out,
-            probe=probe,
-            store=store,
             n_images=n_images,
             thumbnail_size=64,
             title="neurocore demo: dissecting a CNN with a known answer",
             families=world.families,
             intro=(
                 f"A CNN trained on {len(train)} synthetic images of {len(world.classes)} classes "
-                f"('<colour> <shape>'), dissected with CLIP-Dissect ({method}) using the exact concept "
+                f"('<colour> <shape>'), dissected with CLIP-Dissect ({similarity}) using the exact concept "
                 f"scores of {len(probe)} probe images ({len(world.concepts)} concepts: shapes, colours, "
                 f"textures, backgrounds, classes). Probe accuracy of the CNN: {probe_accuracy:.3f}. "
                 f"Final-layer accuracy (neurons labelled with their own class): {final:.3f}."
             ),
         )
+        summary.to_csv(out / "summary.csv")
+        torch.save(model.state_dict(), out / "demo_cnn.pt")
         lap("report")
         info = {
             "seed": seed,
             "settings": dict(image_size=image_size, train_per_class=train_per_class, probe_per_class=probe_per_class,
-                             epochs=epochs, method=method, threads=threads),
+                             epochs=epochs, similarity=similarity, threads=threads),
             "weights_digest": training.digest,
             "training_losses": list(training.losses),
             "train_accuracy": training.train_accuracy,

@@ -59,13 +59,16 @@ def write_html_report(
     table with one row per neuron: unit, label, score, top concepts with their scores (or the
     weighted concepts of a linear explanation), flags (dead, not interpretable), metrics, and the
     neuron's most activating images with their ids (and class names, when the probe has labels) as
-    captions. Thumbnails are embedded as base64 PNG/JPEG, each distinct image once, so the page is
-    one file that can be mailed or archived. All text is HTML-escaped.
+    captions. Labels, concepts and class names that are WordNet ids (``n01443537``) are shown by
+    their WordNet names (``goldfish``), the id beside a label. Thumbnails are embedded as base64
+    PNG/JPEG, each distinct image once, so the page is one file that can be mailed or archived. All
+    text is HTML-escaped.
 
     Images: ``explanations``' ``top_images`` are **rows of the activation store** (readable probe
     images in order). With ``store`` they are mapped to dataset indices by
     ``store.dataset_indices`` (needed when unreadable images were skipped) and captioned with
-    ``store.image_ids``; without it, row = dataset index. Dataset items may be PIL images, or
+    ``store.image_ids``; without it, by the explanations' own ``top_dataset_indices`` (results of
+    neurocore's methods carry them), else row = dataset index. Dataset items may be PIL images, or
     tensors/arrays ``[3, H, W]``, ``[H, W, 3]`` or ``[H, W]`` (floats in [0, 1] are shown as they
     are, uint8 as 0..255, anything else, e.g. normalised tensors, is min-max scaled per image). An
     image that cannot be read becomes a marked placeholder.
@@ -105,7 +108,7 @@ def write_html_report(
         (True, 2)
     """
     from neurocore.methods import Explanations
-    from neurocore.report._tables import layer_summary
+    from neurocore.report._tables import display_names, layer_summary
 
     if not isinstance(explanations, Explanations):
         raise NeurocoreError(f"explanations must be an Explanations object; got {type(explanations).__name__}")
@@ -125,6 +128,7 @@ def write_html_report(
         parts.append(f"<p>{_e(intro)}</p>")
     parts.append(_meta(explanations, out_dir))
     summary = layer_summary(explanations, families)
+    names = display_names(explanations)
     parts.append("<h2>Layers</h2>" + _summary_table(summary))
     for i, layer in enumerate(explanations.layers):
         neurons = [n for n in explanations if n.layer == layer]
@@ -141,7 +145,7 @@ def write_html_report(
             f"<input class='filter' type='search' placeholder='filter by label, concept, unit' "
             f"data-table='{table_id}' oninput='nrFilter(this)'>"
         )
-        parts.append(_neuron_table(table_id, neurons, images, n_images, shown))
+        parts.append(_neuron_table(table_id, neurons, images, n_images, shown, names))
     # The head comes last: the thumbnails' style sheet is known once every table is written.
     head = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -208,14 +212,24 @@ def _summary_table(summary) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def _concepts_cell(n) -> str:
+def _concepts_cell(n, names) -> str:
     if n.is_linear:
-        terms = [f"{_num(n.bias)}"] + [f"{'+' if w >= 0 else '−'} {_num(abs(w))}·{_e(c)}" for c, w in zip(n.concepts, n.scores)]
+        terms = [f"{_num(n.bias)}"] + [
+            f"{'+' if w >= 0 else '−'} {_num(abs(w))}·{_e(names.get(c, c))}" for c, w in zip(n.concepts, n.scores)
+        ]
         return " ".join(terms)
-    return ", ".join(f"{_e(c)} <span class='meta'>{_num(s)}</span>" for c, s in zip(n.concepts, n.scores))
+    return ", ".join(f"{_e(names.get(c, c))} <span class='meta'>{_num(s)}</span>" for c, s in zip(n.concepts, n.scores))
 
 
-def _neuron_table(table_id, neurons, images, n_images, shown) -> str:
+def _label_cell(label, names) -> str:
+    """The label as shown (a WordNet id by its name), with the id itself beside it: the filter finds both."""
+    if not label:
+        return "<i>none</i>"
+    shown = names.get(label, label)
+    return _e(shown) if shown == label else f"{_e(shown)} <span class='meta'>{_e(label)}</span>"
+
+
+def _neuron_table(table_id, neurons, images, n_images, shown, names) -> str:
     metric_names = sorted({k for n in neurons for k in n.metrics})
     head = ["unit", "label", "score", "top concepts", "flags", *metric_names]
     if shown:
@@ -231,13 +245,15 @@ def _neuron_table(table_id, neurons, images, n_images, shown) -> str:
             flags.append("<span class='flag ok'>interpretable</span>")
         cells = [
             f"<td class='num'>{n.unit}</td>",
-            f"<td class='label'>{_e(n.description) if n.description else '<i>none</i>'}</td>",
+            f"<td class='label'>{_label_cell(n.description, names)}</td>",
             f"<td class='num'>{_num(n.similarity)}</td>",
-            f"<td class='concepts'>{_concepts_cell(n)}</td>",
+            f"<td class='concepts'>{_concepts_cell(n, names)}</td>",
             f"<td>{' '.join(flags)}</td>",
         ]
         cells += [f"<td class='num'>{_num(n.metrics.get(k, math.nan))}</td>" for k in metric_names]
         if shown:
+            if i < shown:
+                images.learn(n)
             cells.append("<td>" + (images.figures(n.top_images[:n_images]) if i < shown else "") + "</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     thead = "".join(f"<th>{_e(h)}</th>" for h in head)
@@ -266,14 +282,20 @@ class _ImageSource:
                     f"image_ids has {len(image_ids)} entries but the store has {len(self.rows_to_index)} rows"
                 )
             self.ids = image_ids
-        self.classes = getattr(probe, "classes", None)
+        self.classes = _class_names(probe)
+        self.known_index: dict[int, int] = {}  # row -> dataset index, from the explanations themselves
         self.encoded: dict[int, str | None] = {}
         self.captions: dict[int, str] = {}
         self.failures: list[tuple[int, str]] = []
 
+    def learn(self, neuron) -> None:
+        """Without a store: the dataset indices that a neuron's explanation carries for its rows."""
+        if self.rows_to_index is None:
+            self.known_index.update(zip(neuron.top_images, getattr(neuron, "top_dataset_indices", ()) or ()))
+
     def _index(self, row: int) -> int:
         if self.rows_to_index is None:
-            return row
+            return self.known_index.get(row, row)
         if not 0 <= row < len(self.rows_to_index):
             raise NeurocoreError(
                 f"a neuron's top image is row {row}, but the store has {len(self.rows_to_index)} rows: pass the "
@@ -331,6 +353,17 @@ class _ImageSource:
         return "\n".join(
             f".i{row}{{background-image:url(data:{data})}}" for row, data in self.encoded.items() if data is not None
         )
+
+
+def _class_names(probe):
+    """The probe's class names as shown: its ``class_names`` when it has them, else its ``classes``
+    with WordNet ids by their names."""
+    classes = getattr(probe, "class_names", None) or getattr(probe, "classes", None)
+    if classes is None:
+        return None
+    from neurocore.concepts import display_class_names
+
+    return display_class_names(classes)
 
 
 def _as_label(value):

@@ -22,7 +22,8 @@ def layer_summary(explanations, families: Mapping[str, str] | None = None, top_l
         ``pandas.DataFrame`` indexed by layer (first-appearance order) with columns ``neurons``,
         ``dead``, ``interpretable``, ``unlabelled``, then one column per family (in the order the
         families first appear in ``families``, then ``other`` if used), then ``top_labels`` (text
-        ``"label ×count, ..."``).
+        ``"label ×count, ..."``; WordNet ids such as ``n01443537`` are shown by their WordNet names,
+        see :func:`display_names`).
 
     Raises:
         NeurocoreError: ``explanations`` is not an Explanations object.
@@ -41,6 +42,7 @@ def layer_summary(explanations, families: Mapping[str, str] | None = None, top_l
     if not isinstance(explanations, Explanations):
         raise NeurocoreError(f"explanations must be an Explanations object; got {type(explanations).__name__}")
     family_names = list(dict.fromkeys(families.values())) if families else []
+    shown = display_names(explanations)
     rows = []
     uses_other = False
     for layer in explanations.layers:
@@ -57,7 +59,7 @@ def layer_summary(explanations, families: Mapping[str, str] | None = None, top_l
             uses_other |= "other" in counts
             row.update({f: counts.get(f, 0) for f in family_names + ["other"]})
         common = Counter(labels).most_common(top_labels)
-        row["top_labels"] = ", ".join(f"{label} ×{count}" for label, count in common)
+        row["top_labels"] = ", ".join(f"{shown.get(label, label)} ×{count}" for label, count in common)
         rows.append(row)
     columns = ["neurons", "dead", "interpretable", "unlabelled"]
     if families is not None:
@@ -65,3 +67,22 @@ def layer_summary(explanations, families: Mapping[str, str] | None = None, top_l
     columns.append("top_labels")
     table = pd.DataFrame(rows, index=pd.Index(list(explanations.layers), name="layer"))
     return table.reindex(columns=columns)
+
+
+def display_names(explanations) -> dict[str, str]:
+    """How tables and reports show the labels and concepts of ``explanations``: WordNet ids (class
+    folders such as ``n01443537``) by their WordNet names (``"goldfish"``), kept distinct
+    (:func:`neurocore.concepts.display_class_names`); other names as they are.
+
+    Returns:
+        ``{name: shown}`` for every description and concept of the explanations.
+
+    Example:
+        >>> from neurocore.methods import Explanations, NeuronExplanation
+        >>> display_names(Explanations("x", (NeuronExplanation("fc", 0, "n01443537", 1.0), NeuronExplanation("fc", 1, "red", 1.0))))
+        {'n01443537': 'goldfish', 'red': 'red'}
+    """
+    from neurocore.concepts import display_class_names
+
+    names = list(dict.fromkeys(x for n in explanations for x in (n.description, *n.concepts) if x))
+    return dict(zip(names, display_class_names(names)))
