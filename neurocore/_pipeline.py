@@ -31,8 +31,9 @@ class DissectionRun:
         store: the :class:`~neurocore.probe.ActivationStore` of the recorded layers.
         concept_scores: the :class:`~neurocore.concepts.ConceptScores` of the store's rows.
         probe: the probe dataset.
-        seconds: wall-clock seconds of each stage (``recording``, ``scores``, ``explanation``, and
-            ``report`` once written).
+        seconds: wall-clock seconds of each stage (``recording``, which includes encoding the images
+            with a vision–language model since one decode of each image feeds both; ``scores``,
+            ``explanation``, and ``report`` once written).
     """
 
     explanations: Any
@@ -176,23 +177,29 @@ def run_dissection(
     else:
         class_names = _class_names(probe, class_names)
 
-    clock = time.perf_counter()
-    store = record(
-        model, layers, probe, summary=summary, top_k=max(1, top_k), batch_size=batch_size, transform=transform,
-        device=device, cache_dir=cache_dir, num_workers=num_workers, progress=progress,
-    )
-    seconds["recording"] = time.perf_counter() - clock
+    def record_probe(images):
+        return record(
+            model, layers, images, summary=summary, top_k=max(1, top_k), batch_size=batch_size, transform=transform,
+            device=device, cache_dir=cache_dir, num_workers=num_workers, progress=progress,
+        )
+
     clock = time.perf_counter()
     encode = None
+    if vlm is not None and given_scores is None:
+        from neurocore.vlm._embed import check_vlm, record_and_embed
+
+        vlm = check_vlm(vlm)
+        # One decode of each image feeds both the model and the vision–language model.
+        store, images = record_and_embed(record_probe, vlm, probe, batch_size=batch_size, num_workers=num_workers,
+                                         cache_dir=cache_dir, progress=progress)
+    else:
+        store = record_probe(probe)
+    seconds["recording"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     if given_scores is not None:
         concept_scores = _align_rows(given_scores, store, _probe_length(probe, given_scores))
     elif vlm is not None:
-        from neurocore.vlm._embed import check_vlm, embed_images
-
-        vlm = check_vlm(vlm)
         # Encoded once: the concept scores and the composite texts' scores share the image embeddings.
-        images = embed_images(vlm, probe, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
-                              progress=progress)
         concept_scores = ConceptScores.from_image_embeddings(vlm, images, names, template=template,
                                                              cache_dir=cache_dir, progress=progress)
         if compositional:

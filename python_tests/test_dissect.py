@@ -235,3 +235,51 @@ def test_scores_for_every_probe_image_follow_the_skipped_rows(bad):
                      progress=False)
     assert ex.descriptions[:3] == ["r", "g", "b"]
     assert ex.params["num_images"] == 60 - len(bad)
+
+
+class CountingImages(ColourImages):
+    """ColourImages that count how often each image is decoded, with one unreadable image."""
+
+    def __init__(self, n=60, bad=7):
+        super().__init__(n=n)
+        self.reads = [0] * n
+        self.bad = bad
+
+    def __getitem__(self, i):
+        self.reads[i] += 1
+        if i == self.bad:
+            raise OSError("image file is truncated")
+        return super().__getitem__(i)
+
+    def fingerprint(self):
+        return f"counting-{len(self)}"
+
+
+@pytest.mark.filterwarnings("ignore:layer .* neurons are dead", "ignore:skipped 1 unreadable")
+@pytest.mark.parametrize("cached", [False, True])
+def test_dissect_with_a_vlm_decodes_each_image_once(tmp_path, cached):
+    # Recording and image encoding read the same probe: one decode feeds both, with the same embeddings
+    # (rows, order, skipped image) as a separate embed_images pass.
+    from neurocore.vlm import embed_images
+
+    model, vlm = ColourNet(), ColourVLM()
+    probe = CountingImages()
+    cache = tmp_path if cached else None
+    ex = dissect(model, "features", probe, ["red", "green", "blue"], vlm=vlm, transform=ToTensor(), progress=False,
+                 top_k=10, batch_size=16, cache_dir=cache)
+    assert len(ex) == 4
+    # one decode per image; a run with a cache also re-reads the two rows it spot-checks on reuse only
+    assert probe.reads == [1] * 60
+    fresh = CountingImages()
+    alone = embed_images(vlm, fresh, batch_size=16, progress=False)
+    from neurocore._pipeline import run_dissection
+
+    run = run_dissection(model, "features", CountingImages(), cd.ClipDissect(top_k=10), concepts=["red", "green", "blue"],
+                         vlm=vlm, transform=ToTensor(), progress=False, batch_size=16)
+    torch.testing.assert_close(run.concept_scores.scores, ConceptScores.from_image_embeddings(
+        vlm, alone, ["red", "green", "blue"]).scores)
+    if cached:  # the embeddings written alongside the recording serve the next run from the cache
+        again = CountingImages()
+        dissect(model, "features", again, ["red", "green", "blue"], vlm=vlm, transform=ToTensor(), progress=False,
+                top_k=10, batch_size=16, cache_dir=cache)
+        assert sum(again.reads) <= 4  # the recording cache's spot check only

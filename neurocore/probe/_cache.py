@@ -312,6 +312,7 @@ def recording_key(model: nn.Module, probe, transform, transform_key: str | None 
         raise NeurocoreError(
             f"transform_key must be a non-empty string naming the preprocessing (e.g. 'resize224-scale2'); got {transform_key!r}"
         )
+    probe = getattr(probe, "_neurocore_wrapped", probe)  # a wrapper that only shares decoding
     return {
         "format": CACHE_FORMAT,
         "neurocore": __version__,

@@ -183,30 +183,9 @@ def embed_images(
     vlm = check_vlm(vlm)
     from neurocore.probe import iter_batches
 
-    key = image_cache_key(vlm, probe)
-    path = None
-    if cache_dir is not None:
-        if key is None:
-            warnings.warn(
-                f"the probe ({type(probe).__name__}) has no fingerprint(), so its image embeddings cannot be "
-                "keyed and are not cached; use neurocore.probe.ImageFolder to cache them",
-                stacklevel=2,
-            )
-        elif _undescribed_preprocessing(vlm, probe):
-            from neurocore.probe._cache import uncacheable_message
-
-            warnings.warn(
-                "embed_images(cache_dir=...) is " + uncacheable_message(
-                    _undescribed_preprocessing(vlm, probe)
-                ) + "; the image embeddings are computed without the cache",
-                stacklevel=2,
-            )
-        else:
-            path = _cache_file(cache_dir, "image_embeddings", key)
-            hit = _read_cache(path, key)
-            if hit is not None:
-                _warn_skipped(hit["skipped"])
-                return ImageEmbeddings(hit["embeddings"], hit["indices"], tuple(hit["image_ids"]), key)
+    key, path, hit = _image_cache(vlm, probe, cache_dir)
+    if hit is not None:
+        return hit
     try:
         n = len(probe)
     except TypeError:
@@ -217,26 +196,156 @@ def embed_images(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=math.ceil(n / batch_size), desc=f"encoding images ({vlm.identity[:40]})", unit="batch")
-    embs, indices, ids = [], [], []
+    encoder = _Encoder(vlm)
     for batch in batches:
-        emb = vlm.encode_images(batch.images)
-        _check_embeddings(emb, len(batch.ids), "encode_images")
-        embs.append(F.normalize(emb.detach().to("cpu", torch.float32), dim=1))
-        indices.append(batch.indices)
-        ids += batch.ids
-    if not embs:
-        raise NeurocoreError(f"no readable image in the probe ({len(skipped)} unreadable of {n}); nothing to encode")
-    result = ImageEmbeddings(torch.cat(embs), torch.cat(indices), tuple(ids), key or {})
-    _warn_skipped([(int(i), str(why)) for i, why in skipped])
-    if path is not None:
-        _write_cache(path, {
-            "key": dict(key),
-            "embeddings": result.embeddings,
-            "indices": result.indices,
-            "image_ids": list(result.image_ids),
-            "skipped": [[int(i), str(why)] for i, why in skipped],
-        })
-    return result
+        encoder.add(batch.images, batch.indices, batch.ids)
+    return encoder.result(key, path, skipped, n)
+
+
+def _image_cache(vlm, probe, cache_dir):
+    """``(key, path, hit)``: the embeddings' cache key (None: the probe cannot be identified), the cache
+    file to write (None: no caching) and the cached :class:`ImageEmbeddings` when there is one."""
+    key = image_cache_key(vlm, probe)
+    if cache_dir is None:
+        return key, None, None
+    if key is None:
+        warnings.warn(
+            f"the probe ({type(probe).__name__}) has no fingerprint(), so its image embeddings cannot be "
+            "keyed and are not cached; use neurocore.probe.ImageFolder to cache them",
+            stacklevel=3,
+        )
+        return key, None, None
+    if _undescribed_preprocessing(vlm, probe):
+        from neurocore.probe._cache import uncacheable_message
+
+        warnings.warn(
+            "embed_images(cache_dir=...) is " + uncacheable_message(
+                _undescribed_preprocessing(vlm, probe)
+            ) + "; the image embeddings are computed without the cache",
+            stacklevel=3,
+        )
+        return key, None, None
+    path = _cache_file(cache_dir, "image_embeddings", key)
+    hit = _read_cache(path, key)
+    if hit is not None:
+        _warn_skipped(hit["skipped"])
+        return key, path, ImageEmbeddings(hit["embeddings"], hit["indices"], tuple(hit["image_ids"]), key)
+    return key, path, None
+
+
+class _Encoder:
+    """Batches of preprocessed images in, one :class:`ImageEmbeddings` out (rows in arrival order)."""
+
+    def __init__(self, vlm):
+        self.vlm = vlm
+        self.embs: list[torch.Tensor] = []
+        self.indices: list[torch.Tensor] = []
+        self.ids: list[str] = []
+
+    def add(self, images: torch.Tensor, indices: torch.Tensor, ids) -> None:
+        emb = self.vlm.encode_images(images)
+        _check_embeddings(emb, len(ids), "encode_images")
+        self.embs.append(F.normalize(emb.detach().to("cpu", torch.float32), dim=1))
+        self.indices.append(torch.as_tensor(indices, dtype=torch.int64))
+        self.ids += list(ids)
+
+    def result(self, key, path, skipped, n: int) -> ImageEmbeddings:
+        if not self.embs:
+            raise NeurocoreError(f"no readable image in the probe ({len(skipped)} unreadable of {n}); nothing to encode")
+        result = ImageEmbeddings(torch.cat(self.embs), torch.cat(self.indices), tuple(self.ids), key or {})
+        _warn_skipped([(int(i), str(why)) for i, why in skipped])
+        if path is not None:
+            _write_cache(path, {
+                "key": dict(key),
+                "embeddings": result.embeddings,
+                "indices": result.indices,
+                "image_ids": list(result.image_ids),
+                "skipped": [[int(i), str(why)] for i, why in skipped],
+            })
+        return result
+
+
+class SharedDecode(torch.utils.data.Dataset):
+    """A probe whose images are decoded once for two consumers: the model's recording reads items as
+    usual, and every item read is also preprocessed for the vision–language model and encoded in
+    batches on the side (:func:`record_and_embed`).
+
+    Only for in-process loading (``num_workers=0``): a worker process would keep the side batches.
+    Attributes the recording relies on (``fingerprint``, ``image_id``, ``transform``, ``classes``,
+    ``labels``...) are the wrapped probe's.
+    """
+
+    def __init__(self, probe, vlm, batch_size: int):
+        self.probe, self.vlm, self.batch_size = probe, vlm, batch_size
+        self.preprocess = _PILOnly(vlm.preprocess)
+        self.pending: dict[int, torch.Tensor] = {}
+        self.encoded: set[int] = set()
+        self.encoder = _Encoder(vlm)
+        self._id = getattr(probe, "image_id", None)
+        self._neurocore_wrapped = probe  # cache keys describe the wrapped probe, not this wrapper
+
+    def __len__(self):
+        return len(self.probe)
+
+    def __getattr__(self, name):
+        if name in ("probe", "__setstate__"):
+            raise AttributeError(name)
+        return getattr(self.probe, name)
+
+    def __getitem__(self, index: int):
+        item = self.probe[index]
+        if index not in self.encoded and index not in self.pending:
+            image = item[0] if isinstance(item, (tuple, list)) else item
+            self.pending[int(index)] = self.preprocess(image)
+            if len(self.pending) >= self.batch_size:
+                self.flush()
+        return item
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        order = sorted(self.pending)
+        images = torch.stack([self.pending.pop(i) for i in order])
+        ids = [self._id(i) if callable(self._id) else str(i) for i in order]
+        self.encoder.add(images, torch.tensor(order), ids)
+        self.encoded.update(order)
+
+
+def record_and_embed(record_fn, vlm, probe, *, batch_size: int = 64, num_workers: int = 0, cache_dir=None,
+                     progress: bool = True):
+    """``(record_fn(probe), embed_images(vlm, probe, ...))`` with each probe image decoded once.
+
+    ``record_fn`` reads the probe (e.g. ``lambda p: record(model, layers, p, ...)``); while it does,
+    every image it reads is also preprocessed for ``vlm`` and encoded in batches. The embeddings equal
+    :func:`embed_images`'s (same rows, order, skipped images). The two-pass path is taken when the
+    embeddings are cached already, when ``num_workers > 0`` (items are read in worker processes), or
+    when the recording did not read every image (rows served from its cache): then the images are
+    read again by :func:`embed_images`.
+
+    Returns:
+        ``(whatever record_fn returns, ImageEmbeddings)``.
+    """
+    vlm = check_vlm(vlm)
+    key, path, hit = _image_cache(vlm, probe, cache_dir)
+    if hit is not None or num_workers > 0:
+        store = record_fn(probe)
+        images = hit if hit is not None else embed_images(
+            vlm, probe, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, progress=progress
+        )
+        return store, images
+    shared = SharedDecode(probe, vlm, batch_size)
+    store = record_fn(shared)
+    shared.flush()
+    rows = set(store.dataset_indices.tolist())
+    if not rows <= shared.encoded:  # rows the recording served from its cache were never read
+        return store, embed_images(vlm, probe, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    # Rows in dataset order, and only the store's rows (an image read twice, or for a check only, once).
+    encoder = shared.encoder
+    all_idx = torch.cat(encoder.indices)
+    order = [j for j in all_idx.argsort(stable=True).tolist() if int(all_idx[j]) in rows]
+    encoder.embs, encoder.indices = [torch.cat(encoder.embs)[order]], [all_idx[order]]
+    encoder.ids = [encoder.ids[j] for j in order]
+    return store, encoder.result(key, path, list(store.skipped), len(probe))
 
 
 def _warn_skipped(skipped) -> None:
