@@ -60,11 +60,11 @@ def stand_ins(tmp_path, monkeypatch):
 
 def test_readme_has_the_examples_this_test_runs():
     blocks = python_blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     assert "write_html_report" in blocks[0]  # how to write the HTML report from Python
 
 
-@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("index", [0, 1, 2])
 def test_readme_python_example_runs(stand_ins, index, tmp_path):
     code = python_blocks()[index]
     used = [k for k in stand_ins if k in code]
@@ -78,5 +78,9 @@ def test_readme_python_example_runs(stand_ins, index, tmp_path):
     if index == 0:
         assert (tmp_path / "out" / "index.html").is_file() and (tmp_path / "out" / "explanations.csv").is_file()
         assert "red" in (tmp_path / "out" / "index.html").read_text()
-    else:
+    elif index == 1:
         assert len(namespace["le"]) == 2048
+    else:
+        assert namespace["store"].key["layouts"] == {"features.5": "NHWC", "head": "NC"}
+        assert namespace["maps"].shape == (5, 384, 4, 4) and namespace["grads"].gradients.shape == (5, 384, 4, 4)
+        assert namespace["regions"].images.shape == (5, 3, 64, 64)

@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from neurocore._errors import NeurocoreError
 from neurocore.probe._layers import eval_mode, layer_output, model_device, model_float_dtype, resolve_layers
+from neurocore.probe._forward import hooked_forward
 from neurocore.probe._layout import channel_evidence, check_layout, layer_layouts, resolve_layout, to_canonical
 
 Rule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -178,6 +179,12 @@ def layer_gradients(
     dtype = model_float_dtype(model)
 
     layouts = layer_layouts(layout, [layer])
+    if layouts[layer] == "auto":
+        # The recording's layout rules (batch axis from the batch size, channel axis from the modules that
+        # set the channels), from one gradient-free pass over the first two images.
+        with eval_mode(model):
+            hooked_forward(model, {layer: module}, images[:2], keep=lambda name, out: None, layouts=layouts,
+                           device=device, dtype=dtype, where=f"images 0..{min(2, n) - 1}")
     acts, grads, logits = [], [], []
     with eval_mode(model), _rules_applied(model, table) as spy:
         for start in range(0, n, batch_size):
