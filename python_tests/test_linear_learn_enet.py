@@ -300,3 +300,58 @@ def test_rank_concepts_bad_input():
         rank_concepts(torch.tensor([[0.0, math.nan]]))
     with pytest.raises(NeurocoreError, match="Tensor\\[K, M\\]"):
         rank_concepts(torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------------------------
+# row-block boundaries of the Gram accumulation (sizes from python_tests/_constants.py: LE streams
+# a split in blocks of LE_ROW_CHUNK rows, sums LE_BLOCKS_PER_FLUSH blocks in the inputs' precision,
+# then accumulates in float64; see _linear_learn._gram)
+
+from _constants import LE_BLOCKS_PER_FLUSH, LE_ROW_CHUNK, around  # noqa: E402
+from neurocore.methods import _linear_learn  # noqa: E402
+
+FLUSH_ROWS = LE_ROW_CHUNK * LE_BLOCKS_PER_FLUSH
+# below, at and past one block; around one flush; two flushes and a partial block
+BOUNDARY_ROWS = around(LE_ROW_CHUNK) + around(FLUSH_ROWS) + [2 * FLUSH_ROWS + LE_ROW_CHUNK + 1]
+
+
+def gram_data(n, M=6, K=3, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    P = torch.rand(n, M, generator=g, dtype=torch.float64) + 0.5  # non-zero means: centring matters
+    acts = P[:, :2] @ torch.tensor([[1.0, -2.0, 0.5], [0.3, 1.0, 0.0]], dtype=torch.float64)[:, :K]
+    acts = acts + 0.2 * torch.randn(n, K, generator=g, dtype=torch.float64)
+    return P.to(dtype), acts.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("n", BOUNDARY_ROWS, ids=lambda n: f"n{n}")
+def test_gram_block_boundaries_match_float64(n, dtype):
+    P, acts = gram_data(n, seed=n, dtype=dtype)
+    G, C, const_p, const_q = _linear_learn._gram(P, acts)
+    Z, Q = standardise(P), standardise(acts)  # float64 from the same (rounded) inputs
+    G_ref, C_ref = Z.T @ Z / n, Z.T @ Q / n
+    assert not const_p.any() and not const_q.any()
+    if dtype == torch.float64:
+        torch.testing.assert_close(G, G_ref, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(C, C_ref, rtol=1e-12, atol=1e-13)
+        return
+    # float32: each entry sums up to FLUSH_ROWS products in float32 before going to float64
+    # (error <= rows * u * mean |z_i z_j|, u = 2^-24), and each z carries a few roundings of
+    # its standardisation (x - mean) * (1 / std): ~4u relative per factor.
+    u = 2.0**-24
+    rows = min(n, FLUSH_ROWS)
+    for got, A, B in ((G, Z, Z), (C, Z, Q)):
+        tol = (rows + 8) * u * (A.abs().T @ B.abs()) / n
+        err = (got - A.T @ B / n).abs()
+        assert bool((err <= tol).all()), f"n={n}: error {float(err.max()):.3g} beyond {float((err - tol).max() + tol.max()):.3g}"
+
+
+@pytest.mark.parametrize("n", [LE_ROW_CHUNK + 1, FLUSH_ROWS + 1, 10_000], ids=lambda n: f"n{n}")
+def test_elastic_net_past_one_block_matches_sklearn(n):
+    # the issue's case: a broken block accumulation visibly changed the weights at 10,000 rows
+    P, acts = correlated_data(n % 97, n, 12, 3)
+    ours = elastic_net(P, acts, tol=1e-9)
+    Z, Q = standardise(P), standardise(acts)
+    ref = sklearn_weights(Z, Q)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    assert kkt_violation(P, acts, ours) < 1e-8

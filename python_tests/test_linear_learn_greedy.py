@@ -394,3 +394,25 @@ def test_max_ranks_examined_formula():
     assert max_ranks_examined(10, 10) == 91
     assert max_ranks_examined(1, 5) == 5
     assert max_ranks_examined(3, 1) == 3  # width 1: no bans in a round that goes on
+
+
+# ----------------------------------------------------------------------------------------------
+# row-chunk boundary of the Gram statistics greedy_search streams (ops.gram_stats's chunk_size,
+# from python_tests/_constants.py)
+
+from _constants import GRAM_STATS_CHUNK  # noqa: E402
+
+
+@pytest.mark.parametrize("n_train", [GRAM_STATS_CHUNK, GRAM_STATS_CHUNK + 1, 2 * GRAM_STATS_CHUNK + 3], ids=lambda n: f"train{n}")
+def test_matches_loop_past_one_gram_chunk(n_train):
+    g = torch.Generator().manual_seed(n_train)
+    n, M, K = n_train + 300, 12, 3
+    P = torch.sigmoid(torch.randn(n, M, generator=g, dtype=torch.float64))
+    acts = P[:, [0, 3, 5]] * torch.tensor([2.0, -1.5, 1.0], dtype=torch.float64) + P[:, [1, 1, 2]]
+    acts = acts + 0.5 * torch.randn(n, K, generator=g, dtype=torch.float64)
+    tr_P, va_P, tr_a, va_a = P[:n_train], P[n_train:], acts[:n_train], acts[n_train:]
+    ranking = random_ranking(K, M, g)
+    kw = dict(width=4, max_length=3, tolerance=0.001)
+    ours = greedy_search(tr_P, va_P, tr_a, va_a, ranking, **kw)
+    assert_same(ours, loop_all(tr_P, va_P, tr_a, va_a, ranking, **kw))
+    assert sum(len(r.concepts) for r in ours) > K

@@ -456,3 +456,63 @@ def test_lstsq_gram_opcheck(device):
     sets[0, 0, 2] = -1
     args = (train.cov, train.mean, train.cross, train.target_mean, val.cov, val.cross, val.target_var, sets, 1e-10)
     torch.library.opcheck(torch.ops.neurocore.lstsq_gram.default, args)
+
+
+# ----------------------------------------------------------------------------------------------
+# chunk and batch boundaries (sizes from python_tests/_constants.py: gram_stats's row chunk, the
+# CPU's parallel grain and the CUDA block of lstsq_gram, its largest set)
+
+from _constants import GRAM_STATS_CHUNK, LSTSQ_CPU_GRAIN, LSTSQ_CUDA_BLOCK, LSTSQ_MAX_SET, around  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("n", around(GRAM_STATS_CHUNK) + [3 * GRAM_STATS_CHUNK + 5], ids=lambda n: f"n{n}")
+def test_gram_stats_default_chunk_boundaries(device, n, dtype):
+    g = generator(n)
+    P = (torch.rand(n, 5, generator=g, dtype=torch.float64) + 1.0).to(dtype)
+    Y = (P[:, :2].double().sum(1, keepdim=True) + torch.randn(n, 2, generator=g, dtype=torch.float64)).to(dtype)
+    st = ops.gram_stats(P.to(device), Y.to(device))
+    Pd, Yd = P.double(), Y.double()
+    Pc, Yc = Pd - Pd.mean(0), Yd - Yd.mean(0)
+    # float64 throughout (the inputs are converted exactly): only summation order differs
+    expected = {"mean": Pd.mean(0), "cov": Pc.T @ Pc / n, "cross": Pc.T @ Yc / n, "target_var": Yd.var(0, unbiased=False)}
+    for name, value in expected.items():
+        torch.testing.assert_close(getattr(st, name).cpu(), value, rtol=1e-12, atol=1e-14, msg=lambda m, k=name: f"{k}: {m}")
+
+
+def _system_counts():
+    """(K, R) with K * R systems around the CPU grain and the CUDA block, and several of each; two
+    neurons where the count allows (the kernels find a system's neuron as sys / R)."""
+    counts = sorted(set(around(LSTSQ_CPU_GRAIN) + around(LSTSQ_CUDA_BLOCK) + [3 * LSTSQ_CUDA_BLOCK + 5]))
+    return [pytest.param(2 - c % 2, c // (2 - c % 2), id=f"systems{c}") for c in counts]
+
+
+@pytest.mark.parametrize("K_, R", _system_counts())
+def test_lstsq_gram_system_count_boundaries(device, K_, R):
+    P, Y = make_data(20)
+    train, val = stats(P, Y[:, :K_], device)
+    g = generator(R)
+    sets = torch.stack([torch.randperm(M, generator=g)[:3] for _ in range(K_ * R)]).view(K_, R, 3)
+    out = ops.lstsq_gram(train, val, sets.to(device))
+    expected = reference.lstsq_gram(stats_to(train, "cpu"), stats_to(val, "cpu"), sets)
+    for got, exp in zip(out, expected):
+        torch.testing.assert_close(got.cpu(), exp, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("s", [LSTSQ_MAX_SET - 1, LSTSQ_MAX_SET], ids=lambda s: f"s{s}")
+def test_lstsq_gram_set_size_boundary(device, s):
+    g = generator(s)
+    P = torch.rand(400, 40, generator=g, dtype=torch.float64)
+    Y = P[:, :5].sum(1, keepdim=True) + 0.1 * torch.randn(400, 2, generator=g, dtype=torch.float64)
+    train = ops.gram_stats(P[:300].to(device), Y[:300].to(device))
+    val = ops.gram_stats(P[300:].to(device), Y[300:].to(device))
+    sets = torch.stack([torch.randperm(40, generator=g)[:s] for _ in range(2 * 3)]).view(2, 3, s)
+    sets[1, 2, s // 2] = -1  # a padded slot in a full-size set
+    out = ops.lstsq_gram(train, val, sets.to(device))
+    expected = reference.lstsq_gram(stats_to(train, "cpu"), stats_to(val, "cpu"), sets)
+    for got, exp in zip(out, expected):
+        torch.testing.assert_close(got.cpu(), exp, rtol=1e-8, atol=1e-10)
+    too_big = torch.full((2, 1, s + 1), -1, dtype=torch.long, device=device)
+    if s + 1 > LSTSQ_MAX_SET:
+        with pytest.raises(RuntimeError, match=str(LSTSQ_MAX_SET)):
+            ops.lstsq_gram(train, val, too_big)

@@ -579,3 +579,68 @@ def test_record_on_device_matches_cpu(device):
 def test_record_device_other_than_the_models_is_an_error():
     with pytest.raises(NeurocoreError, match=r"device='meta' but the model's weights are on 'cpu'; move the model first"):
         record(TinyCNN(), "act", probe(3), device="meta", progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# streaming boundaries: the recorder's top-k merged across batches (batches of top_k - 1, top_k,
+# top_k + 1 rows over more neurons than one CPU top-k block) and record()'s cache chunks (probe
+# sizes around a chunk, batches straddling chunks), against the float64-capable reference
+
+from _constants import TOPK_BLOCK_COLS, around  # noqa: E402
+
+from neurocore import reference  # noqa: E402
+
+
+@pytest.mark.parametrize("neurons", around(TOPK_BLOCK_COLS), ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("batch_delta", [-1, 0, 1], ids=["batch=k-1", "batch=k", "batch=k+1"])
+def test_recorder_merge_across_batch_and_block_boundaries(neurons, batch_delta):
+    top_k = 4
+    g = torch.Generator().manual_seed(neurons + batch_delta)
+    full = torch.randint(0, 3, (5 * top_k + 2, neurons), generator=g).float()  # many ties
+    rec = ActivationRecorder(["fc"], top_k=top_k)
+    size = top_k + batch_delta
+    for start in range(0, full.shape[0], size):
+        rec.update({"fc": full[start : start + size]})
+    store = rec.compute()
+    values, indices = reference.topk(full, top_k)
+    assert torch.equal(store["fc"].top_values, values) and torch.equal(store["fc"].top_indices, indices)
+
+
+class FingerprintedProbe(torch.utils.data.Dataset):
+    """A list of (image, label) with a fingerprint, so a second record() reads its cache."""
+
+    def __init__(self, items, tag="boundary"):
+        self.items, self.tag = items, tag
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def fingerprint(self):
+        return f"{self.tag}-{len(self.items)}"
+
+
+@pytest.mark.parametrize("n", around(8) + [3 * 8 + 5], ids=lambda n: f"n{n}")
+def test_record_cache_chunk_boundaries(tmp_path, n):
+    chunk = 8
+    torch.manual_seed(n)
+    model = TinyCNN()
+    data = FingerprintedProbe(probe(n, seed=n))
+    with torch.no_grad():
+        direct = model.act(model.conv(stack(data.items))).mean(dim=(2, 3))
+    kw = dict(summary="mean", top_k=3, batch_size=3, chunk_size=chunk, progress=False, cache_dir=tmp_path)
+    first = record(model, "act", data, **kw)
+    files = sorted(p.name for p in tmp_path.rglob("chunk-*.pt"))
+    assert len(files) == -(-n // chunk), files  # one file per chunk, the last one partial
+    calls = model.calls
+    second = record(model, "act", data, **kw)
+    assert model.calls - calls <= 1  # only the content check ran the model
+    for store in (first, second):
+        torch.testing.assert_close(store["act"].summaries, direct, rtol=1e-5, atol=1e-6)
+        assert torch.equal(store.dataset_indices, torch.arange(n))
+        assert store.labels.tolist() == [i % 3 for i in range(n)]
+        values, indices = reference.topk(store["act"].summaries, 3)
+        assert torch.equal(store["act"].top_values, values) and torch.equal(store["act"].top_indices, indices)
+    assert torch.equal(first["act"].summaries, second["act"].summaries)

@@ -37,6 +37,40 @@ def f(z, weight, bias, link):
     return logits
 
 
+def float32_tolerance(x, weight, bias, background, P, link, expected):
+    """Per-element error bound of a float32 result (first order, worst case), from the problem.
+
+    ops.shapley_permutation documents no float32 accuracy; both kernels walk in the input's
+    precision, so the bound follows the walk (csrc/kernels/shapley.h). After j of the D switches a
+    logit has summed j float32 terms: error <= D u S, S = |start| + sum_d |W[c, d] (x_d - bg_d)|
+    (u = 2^-24). The link moves f by at most that times its Lipschitz constant (1/4 for sigmoid, 1
+    for softmax), plus fast_exp's ~2e-7 (csrc/kernels/common.h) and (C + 2) roundings of
+    normalising; a credit f_new - f_old carries twice the error of f. Summing P credits (|credit|
+    <= 1) in float32, in any order (CUDA adds atomically), adds P u; the result's rounding u |phi|.
+    The identity link's closed form rounds a few times, relative to |w| (|x| + |bg|).
+    """
+    u = 2.0**-24
+    xd, wd, bd, bgd = (t.double().cpu() for t in (x, weight, bias, background))
+    if link == "identity":  # w (x - bg) or w x - w bg: a few roundings of terms of size |w| (|x| + |bg|)
+        return 2 * u * wd.abs().unsqueeze(0) * (xd.abs() + bgd.abs()).unsqueeze(1) + u * expected.abs()
+    start = bgd @ wd.T + bd  # [R, C]
+    S = start.abs() + (wd.abs().unsqueeze(0) * (xd - bgd).abs().unsqueeze(1)).sum(-1)  # [R, C]
+    lipschitz = 0.25 if link == "sigmoid" else 1.0
+    D, C = x.shape[1], weight.shape[0]
+    S = S.amax(1, keepdim=True) if link == "softmax" else S  # softmax mixes every logit
+    err_f = lipschitz * D * u * S + 2e-7 + (C + 2) * u
+    return (2 * err_f).unsqueeze(-1) + P * u + u * expected.abs()
+
+
+def assert_within_float32_tolerance(out, expected, tol):
+    err = (out.double().cpu() - expected).abs()
+    worst = int((err - tol).flatten().argmax())
+    assert bool((err <= tol).all()), (
+        f"float32 result off by {float(err.flatten()[worst]):.3g} at flat index {worst} "
+        f"(sample {worst // (expected.shape[1] * expected.shape[2])}), beyond its bound {float(tol.flatten()[worst]):.3g}"
+    )
+
+
 def on(device, *tensors):
     return tuple(t.to(device) for t in tensors)
 
@@ -65,7 +99,7 @@ def test_shapley_float32_matches_float64_reference(device, link, C):
     out = ops.shapley_permutation(*on(device, x, w, b, bg, perms), link)
     assert out.dtype == torch.float32 and out.shape == (6, C, 7)
     expected = reference.shapley_permutation(x.double(), w.double(), b.double(), bg.double(), perms, link)
-    torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-4, atol=1e-4)
+    assert_within_float32_tolerance(out, expected, float32_tolerance(x, w, b, bg, 12, link, expected))
 
 
 def test_shapley_docstring_example(device):
@@ -307,3 +341,46 @@ def test_cpu_cuda_parity(link, dtype):
 def test_shapley_opcheck(device, link):
     args = on(device, *make_model(3, 4, 2, seed=20), ops.sample_permutations(5, 4))
     torch.library.opcheck(torch.ops.neurocore.shapley_permutation.default, (*args, link))
+
+
+# ----------------------------------------------------------------------------------------------
+# sample-block boundaries (sizes from python_tests/_constants.py, parsed from csrc/cpu/shapley.cpp
+# and csrc/cuda/shapley.cu): the CPU walks SHAPLEY_LANES samples per block (16 float32, 8 float64)
+
+from _constants import SHAPLEY_CUDA_SCRATCH, around, shapley_lanes  # noqa: E402
+
+
+def _block_rows(dtype):
+    L = shapley_lanes(torch.finfo(dtype).bits // 8)
+    return sorted(set(around(L) + around(2 * L) + [3 * L + 5]))
+
+
+@pytest.mark.parametrize("link, C", [("sigmoid", 1), ("sigmoid", 3), ("softmax", 3)], ids=["sigmoid-C1", "sigmoid-C3", "softmax-C3"])
+@pytest.mark.parametrize(
+    "dtype, R",
+    [pytest.param(d, R, id=f"{str(d)[6:]}-R{R}") for d in (torch.float32, torch.float64) for R in _block_rows(d)],
+)
+def test_shapley_sample_block_boundaries(device, dtype, R, link, C):
+    x, w, b, bg = make_model(R, 7, C, seed=R * 10 + C, dtype=dtype)
+    perms = ops.sample_permutations(12, 7, seed=R)
+    out = ops.shapley_permutation(*on(device, x, w, b, bg, perms), link)
+    expected = reference.shapley_permutation(x.double(), w.double(), b.double(), bg.double(), perms, link)
+    assert out.dtype == dtype and out.shape == (R, C, 7)
+    if dtype == torch.float64:
+        torch.testing.assert_close(out.cpu(), expected, rtol=1e-10, atol=1e-12)
+    else:
+        assert_within_float32_tolerance(out, expected, float32_tolerance(x, w, b, bg, 12, link, expected))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("link", ["sigmoid", "softmax"])
+def test_shapley_cuda_launch_boundaries(link):
+    """Samples per CUDA launch = SHAPLEY_CUDA_SCRATCH // (P * 3 * C): R around it and past two launches."""
+    P, C, D = 1024, 16, 3
+    rows = SHAPLEY_CUDA_SCRATCH // (P * 3 * C)
+    perms = ops.sample_permutations(P, D, seed=3)
+    for R in around(rows) + [2 * rows + 1]:
+        x, w, b, bg = make_model(R, D, C, seed=R)
+        out = ops.shapley_permutation(*on("cuda", x, w, b, bg, perms), link)
+        expected = reference.shapley_permutation(x, w, b, bg, perms, link)
+        torch.testing.assert_close(out.cpu(), expected, rtol=1e-10, atol=1e-12, msg=lambda m, R=R: f"R={R}: {m}")

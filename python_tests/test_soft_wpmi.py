@@ -44,6 +44,45 @@ def make_inputs(n, m, K, k, seed, dtype=torch.float64, indices="topk"):
     return sims, idx
 
 
+def float32_tolerance(sims, topk_idx, p, a, lam, eps, device, expected):
+    """Per-element error bound of a float32 result, from the problem (first order, worst case).
+
+    ops.soft_wpmi promises float64 products, logs and sums, with the softmax's exponentials in
+    float32 on the CPU (~1e-6 absolute in a score of magnitude ~100, csrc/kernels/soft_wpmi.h). A
+    fixed 1e-6 cannot hold for every k: the error is a sum over the k top images, so it is bounded
+    here term by term. On the CPU, a probability P = exp(a s - lse) carries the rounding of a*s,
+    of lse and of their difference (2^-24 each, relative to their size), fast_exp's ~2e-7
+    (csrc/kernels/common.h) and its own rounding; a factor f = 1 - p + p P + eps then moves by
+    p P eps_P / f in log. The factors are multiplied in float32: one rounding (2^-24 relative) per
+    factor. The marginal's shift is a log-sum-exp over neurons (1-Lipschitz): at most lam times
+    the largest error of a neuron's sum. CUDA works in float64 throughout. Both round the result to
+    float32 (2^-24 relative).
+    """
+    u = 2.0**-24
+    out_round = u * expected.abs()
+    if device != "cpu":
+        return out_round + 1e-12 * (1 + expected.abs())
+    s = sims.double()
+    lse = torch.logsumexp(a * s, dim=1, keepdim=True)
+    P = torch.exp(a * s - lse)
+    eps_P = u * (2 * (a * s).abs() + 2 * lse.abs() + 1) + 2e-7
+    p = torch.as_tensor(p, dtype=torch.float64).view(-1, 1, 1)
+    f = 1 - p + p * P[topk_idx] + eps  # [k, K, M]
+    per_term = p * P[topk_idx] * eps_P[topk_idx] / f + u
+    err_L = per_term.sum(0)  # [K, M]
+    err_shift = abs(lam) * err_L.amax(0, keepdim=True)
+    return err_L + err_shift + out_round
+
+
+def assert_within_float32_tolerance(out, expected, tol):
+    excess = (out.double() - expected).abs() - tol
+    worst = int(excess.flatten().argmax())
+    assert float(excess.max()) <= 0, (
+        f"float32 result off by {float((out.double() - expected).abs().flatten()[worst]):.3g} at flat index {worst}, "
+        f"beyond its error bound {float(tol.flatten()[worst]):.3g}"
+    )
+
+
 def weights_for(kind: str, k: int) -> torch.Tensor:
     return ops.soft_wpmi_weights(k) if kind == "soft" else torch.ones(k, dtype=torch.float64)
 
@@ -76,7 +115,8 @@ def test_soft_wpmi_float32_matches_float64_reference(device, n, m, K, k, kind):
     out = ops.soft_wpmi(sims.to(device), idx.to(device), p, **params_for(kind))
     expected = reference.soft_wpmi(sims.double(), idx, p, **params_for(kind))
     assert out.dtype == torch.float32 and out.shape == (K, m)
-    torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-4, atol=1e-4)
+    tol = float32_tolerance(sims, idx, p, eps=1e-7, device=device, expected=expected, **params_for(kind))
+    assert_within_float32_tolerance(out.cpu(), expected, tol)
 
 
 def test_soft_wpmi_non_contiguous_inputs(device):
@@ -394,3 +434,95 @@ def test_soft_wpmi_opcheck(device, dtype):
     sims, idx = make_inputs(30, 6, 4, 5, seed=11, dtype=dtype)
     p = ops.soft_wpmi_weights(5).to(device)
     torch.library.opcheck(torch.ops.neurocore.soft_wpmi.default, (sims.to(device), idx.to(device), p, 10.0, 1.0, 1e-7))
+
+
+# ----------------------------------------------------------------------------------------------
+# tile, group and panel boundaries (sizes from python_tests/_constants.py, parsed from
+# csrc/cpu/soft_wpmi.cpp, csrc/kernels/soft_wpmi.h and csrc/kernels/soft_wpmi_cuda.cuh)
+
+from _constants import (  # noqa: E402
+    WPMI_CUDA_BLOCK,
+    WPMI_CUDA_MAX_NEURON_BLOCKS,
+    WPMI_FLOOR_LOG10_DOUBLE,
+    WPMI_FLOOR_LOG10_FLOAT,
+    WPMI_GROUP,
+    WPMI_PANEL_BYTES,
+    WPMI_TILE,
+    WPMI_TILES_PER_GROUP,
+    around,
+    wpmi_cpu_group_width,
+    wpmi_factors_per_log,
+)
+
+# Concept counts around a CPU tile, a CUDA block and a CPU group (a new pass over sims: the path
+# real concept sets of 1,000 to 82,000 take), and several groups ending in a partial tile.
+BOUNDARY_CONCEPTS = sorted(
+    set(around(WPMI_TILE) + around(WPMI_CUDA_BLOCK) + around(WPMI_GROUP) + [3 * WPMI_GROUP + WPMI_TILE + 1])
+)
+
+
+def check_against_reference(sims, idx, p, params, device, dtype):
+    out = ops.soft_wpmi(sims.to(device), idx.to(device), p, **params)
+    expected = reference.soft_wpmi(sims.double(), idx, p, **params, neuron_chunk=1024)
+    assert out.dtype == dtype and out.shape == expected.shape
+    if dtype == torch.float64:
+        torch.testing.assert_close(out.cpu(), expected, rtol=1e-10, atol=1e-10)
+    else:
+        tol = float32_tolerance(sims, idx, p, eps=1e-7, device=device, expected=expected, **params)
+        assert_within_float32_tolerance(out.cpu(), expected, tol)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+@pytest.mark.parametrize("m", BOUNDARY_CONCEPTS, ids=lambda m: f"M{m}")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_soft_wpmi_concept_boundaries(device, dtype, m, kind):
+    sims, idx = make_inputs(40, m, 5, 6, seed=m, dtype=dtype)
+    check_against_reference(sims, idx, weights_for(kind, 6), params_for(kind), device, dtype)
+
+
+def _panel_cases():
+    """N around where a group's panels outgrow WPMI_PANEL_BYTES (fewer tiles per group), per dtype,
+    with M spanning two groups at any width."""
+    cases = []
+    for dtype in (torch.float64, torch.float32):
+        size = torch.finfo(dtype).bits // 8
+        n_edge = WPMI_PANEL_BYTES // (WPMI_TILES_PER_GROUP * WPMI_TILE * size)
+        for n in around(n_edge):
+            cases.append(pytest.param(dtype, n, WPMI_GROUP + WPMI_TILE + 1, id=f"{str(dtype)[6:]}-N{n}-group{wpmi_cpu_group_width(n, size)}"))
+    # N past where one tile's panel outgrows the budget: tiles narrower than WPMI_TILE
+    n_tile = WPMI_PANEL_BYTES // (WPMI_TILE * 8) + 1
+    cases.append(pytest.param(torch.float64, n_tile, WPMI_TILE + 7, id=f"float64-N{n_tile}-group{wpmi_cpu_group_width(n_tile, 8)}"))
+    return cases
+
+
+@pytest.mark.parametrize("dtype, n, m", _panel_cases())
+def test_soft_wpmi_cpu_panel_boundaries(dtype, n, m):
+    sims, idx = make_inputs(n, m, 3, 4, seed=n, dtype=dtype)
+    check_against_reference(sims, idx, weights_for("soft", 4), SOFT, "cpu", dtype)
+
+
+def _factor_cases():
+    """k around the number of factors multiplied before one log (csrc/kernels/soft_wpmi.h), for
+    WPMI's p = 1 and a constant p = 0.99, in both precisions, and several groups of factors."""
+    cases = []
+    for dtype, floor in ((torch.float32, WPMI_FLOOR_LOG10_FLOAT), (torch.float64, WPMI_FLOOR_LOG10_DOUBLE)):
+        for p in (1.0, 0.99):
+            g = wpmi_factors_per_log(1.0 - p + 1e-7, floor)
+            for k in around(g) + [4 * g + 1]:
+                cases.append(pytest.param(dtype, p, k, id=f"{str(dtype)[6:]}-p{p}-g{g}-k{k}"))
+    return cases
+
+
+@pytest.mark.parametrize("dtype, p_value, k", _factor_cases())
+def test_soft_wpmi_factor_group_boundaries(device, dtype, p_value, k):
+    sims, idx = make_inputs(max(300, k), 20, 4, k, seed=k, dtype=dtype)
+    p = torch.full((k,), p_value, dtype=torch.float64)
+    check_against_reference(sims, idx, p, HARD, device, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("K", around(WPMI_CUDA_MAX_NEURON_BLOCKS, low=2)[1:] + [WPMI_CUDA_MAX_NEURON_BLOCKS + 2])
+def test_soft_wpmi_cuda_neuron_grid_boundary(K):
+    # past WPMI_CUDA_MAX_NEURON_BLOCKS neurons, a block scores several neurons
+    sims, idx = make_inputs(30, 3, K, 2, seed=K)
+    check_against_reference(sims, idx, weights_for("soft", 2), SOFT, "cuda", torch.float64)

@@ -372,3 +372,146 @@ def test_topk_merge_opcheck(device):
     va, ia = ops.topk(x[:8], 3)
     vb, ib = ops.topk(x[8:], 4)
     torch.library.opcheck(torch.ops.neurocore.topk_merge.default, (va, ia, vb, ib + 8, 5))
+
+
+# ----------------------------------------------------------------------------------------------
+# block boundaries (sizes from python_tests/_constants.py, parsed from csrc/cpu/topk.cpp and
+# csrc/kernels/topk_cuda.cuh): just below, at and just above each boundary, and several blocks
+
+from _constants import (  # noqa: E402
+    TOPK_BLOCK_COLS,
+    TOPK_CUDA_MAX_SEGMENTS,
+    TOPK_CUDA_ROWS_PER_K,
+    TOPK_CUDA_THREADS,
+    TOPK_SEGMENT_BLOCK_FACTOR,
+    TOPK_SEGMENT_ROWS_PER_K,
+    TOPK_SUB_COLS,
+    around,
+    topk_cpu_segments,
+)
+
+# Column counts at the CPU's column-block and pre-filter boundaries: a block's tail shorter than
+# TOPK_SUB_COLS, one column past a block, and several blocks plus a short tail.
+BOUNDARY_COLS = sorted(
+    set(around(TOPK_SUB_COLS) + around(TOPK_BLOCK_COLS) + [2 * TOPK_BLOCK_COLS + TOPK_SUB_COLS + 1])
+)
+
+
+@pytest.fixture
+def threads():
+    """Sets torch's (= ATen's) intra-op thread count for one test, restoring it afterwards: the CPU
+    top-k's row split depends on it."""
+    before = torch.get_num_threads()
+
+    def set_to(n):
+        torch.set_num_threads(n)
+        return n
+
+    yield set_to
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+@pytest.mark.parametrize("K", BOUNDARY_COLS, ids=lambda K: f"K{K}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_topk_column_block_boundaries(device, dtype, K, kind):
+    x = activations(37, K, dtype, seed=K, kind=kind)
+    assert_same_topk(ops.topk(x.to(device), 6), reference.topk(x, 6))
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+@pytest.mark.parametrize("K", BOUNDARY_COLS, ids=lambda K: f"K{K}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_topk_merge_column_block_boundaries(device, dtype, K, kind):
+    # the merge runs the kernel with explicit indices (its own pre-filter: equal values may enter)
+    x = activations(30, K, dtype, seed=K + 1, kind=kind)
+    va, ia = ops.topk(x[:13].to(device), 7)
+    vb, ib = ops.topk(x[13:].to(device), 7)
+    out = ops.topk_merge(va, ia, vb, ib + 13, k=7)
+    assert_same_topk(out, reference.topk(x, 7))
+
+
+def _split_cases():
+    """(threads, R, K, k) around the CPU's row-split rule: R at the row threshold with one column
+    block, and the largest and smallest block counts on either side of the block threshold."""
+    cases, k = [], 3
+    for t in (1, 2, 4):
+        rows = TOPK_SEGMENT_ROWS_PER_K * k * t
+        for R in around(rows):
+            cases.append(pytest.param(t, R, 5, k, id=f"t{t}-R{R}-K5"))
+        # blocks = factor * t - 1 splits the rows; one more column makes blocks = factor * t: no split
+        K_split = TOPK_BLOCK_COLS * (TOPK_SEGMENT_BLOCK_FACTOR * t - 1)
+        for K in (K_split, K_split + 1):
+            cases.append(pytest.param(t, rows + 7, K, k, id=f"t{t}-R{rows + 7}-K{K}"))
+    return cases
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+@pytest.mark.parametrize("t, R, K, k", _split_cases())
+def test_topk_cpu_row_split_boundaries(threads, t, R, K, k, kind):
+    threads(t)
+    x = activations(R, K, torch.float32, seed=R + K, kind=kind)
+    assert_same_topk(ops.topk(x, k), reference.topk(x, k))
+
+
+@pytest.mark.parametrize("t", [1, 2, 4])
+def test_topk_cpu_row_split_over_several_blocks(threads, t):
+    """Rows split into segments and columns into several blocks with a short tail, at once; the
+    last segment holds fewer rows than k (empty heap slots meet the merge)."""
+    threads(t)
+    k = 4
+    K = TOPK_BLOCK_COLS * (TOPK_SEGMENT_BLOCK_FACTOR * t - 1) - TOPK_SUB_COLS + 3
+    segments = topk_cpu_segments(TOPK_SEGMENT_ROWS_PER_K * k * t, K, k, t)
+    R = TOPK_SEGMENT_ROWS_PER_K * k * t + 1
+    R += (R % segments == 0)  # an uneven split
+    assert topk_cpu_segments(R, K, k, t) > 1
+    x = activations(R, K, torch.float32, seed=t, kind="ties")
+    assert_same_topk(ops.topk(x, k), reference.topk(x, k))
+
+
+def _cuda_segments(R, K, k):
+    by_threads = -(-TOPK_CUDA_THREADS // K)
+    by_rows = R // (TOPK_CUDA_ROWS_PER_K * k)
+    return max(1, min(by_threads, by_rows, TOPK_CUDA_MAX_SEGMENTS))
+
+
+def _cuda_passes(R, K, k):
+    passes = 1
+    while (s := _cuda_segments(R, K, k)) > 1:
+        R, passes = s * k, passes + 1
+    return passes
+
+
+def _cuda_cases():
+    k, cases = 3, []
+    for R in around(2 * TOPK_CUDA_ROWS_PER_K * k):  # one pass below, two passes from here
+        cases.append(pytest.param(R, 2, k, id=f"R{R}-K2"))
+    K = TOPK_CUDA_THREADS // 4  # by_threads = 4 segments at most: around it
+    for Kc in around(K):
+        cases.append(pytest.param(64 * k, Kc, k, id=f"R{64 * k}-K{Kc}"))
+    # many passes: the cap of TOPK_CUDA_MAX_SEGMENTS segments, then fewer each pass
+    R = TOPK_CUDA_ROWS_PER_K * k * TOPK_CUDA_MAX_SEGMENTS * 4 + 5
+    assert _cuda_passes(R, 2, k) > 3
+    cases.append(pytest.param(R, 2, k, id=f"R{R}-K2-passes{_cuda_passes(R, 2, k)}"))
+    return cases
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+@pytest.mark.parametrize("R, K, k", _cuda_cases())
+def test_topk_cuda_segment_pass_boundaries(R, K, k, kind):
+    x = activations(R, K, torch.float32, seed=R + K, kind=kind)
+    assert_same_topk(ops.topk(x.cuda(), k), reference.topk(x, k))
+
+
+@pytest.mark.parametrize("chunk_delta", [-1, 0, 1], ids=["chunk=k-1", "chunk=k", "chunk=k+1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_streaming_across_column_blocks(device, dtype, chunk_delta):
+    """Chunks of k-1, k and k+1 rows merged one by one, over more columns than one CPU block."""
+    k, K = 5, TOPK_BLOCK_COLS + 1
+    x = activations(4 * k + 3, K, dtype, seed=k + chunk_delta, kind="ties").to(device)
+    size, values, indices = k + chunk_delta, None, None
+    for start in range(0, x.shape[0], size):
+        v, i = ops.topk(x[start : start + size], k)
+        values, indices = (v, i + start) if values is None else ops.topk_merge(values, indices, v, i + start, k=k)
+    assert_same_topk((values, indices), reference.topk(x.cpu(), k))
