@@ -67,7 +67,13 @@ _fraction.__name__ = "number in (0, 1]"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``neurocore`` argument parser (sub-commands ``demo``, ``dissect``, ``layers``)."""
+    """The ``neurocore`` argument parser (sub-commands ``demo``, ``dissect``, ``layers``).
+
+    Example:
+        >>> args = build_parser().parse_args(["demo", "--epochs", "2", "--no-progress"])
+        >>> args.command, args.epochs, args.similarity
+        ('demo', 2, 'wpmi')
+    """
     from neurocore import __version__
     from neurocore.concepts import builtin_concept_sets
     from neurocore.demo import DEFAULT_OUT
@@ -406,7 +412,15 @@ _COMMANDS = {"demo": _cmd_demo, "dissect": _cmd_dissect, "layers": _cmd_layers}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 bad input or a file system error,
-    2 malformed arguments (argparse exits), 130 interrupted)."""
+    2 malformed arguments (argparse exits), 130 interrupted).
+
+    Example:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+        ...     status = main(["layers", "--model", "no_such_model"])
+        >>> status, err.getvalue().startswith("neurocore: error:")
+        (1, True)
+    """
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with status 2 and a usage message on malformed arguments
 

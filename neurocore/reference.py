@@ -39,14 +39,28 @@ def _rank(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Te
 
 
 def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Twin of :func:`neurocore.ops.topk`: a stable descending sort of each column."""
+    """Twin of :func:`neurocore.ops.topk`: a stable descending sort of each column.
+
+    Example:
+        >>> x = torch.tensor([[1., 5.], [3., 5.], [2., 0.]])
+        >>> [t.tolist() for t in topk(x, 2)]
+        [[[3.0, 5.0], [2.0, 5.0]], [[1, 0], [2, 1]]]
+    """
     _reject_nan(x, "x")
     rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(x)
     return _rank(x, rows, min(k, x.shape[0]))
 
 
 def topk_merge(values_a, indices_a, values_b, indices_b, k=None):
-    """Twin of :func:`neurocore.ops.topk_merge`: rank the union of both parts."""
+    """Twin of :func:`neurocore.ops.topk_merge`: rank the union of both parts.
+
+    Example:
+        >>> x = torch.tensor([[4.], [1.], [3.], [5.]])
+        >>> va, ia = topk(x[:2], 2)
+        >>> vb, ib = topk(x[2:], 2)
+        >>> topk_merge(va, ia, vb, ib + 2)[1].flatten().tolist()
+        [3, 0]
+    """
     if k is None:
         k = max(values_a.shape[0], values_b.shape[0])
     values, indices = torch.cat([values_a, values_b]), torch.cat([indices_a, indices_b])
@@ -63,6 +77,12 @@ def soft_wpmi(sims, topk_idx, p, a, lam, eps=1e-7, neuron_chunk: int = 64) -> to
     """Twin of :func:`neurocore.ops.soft_wpmi`, vectorised over chunks of neurons, in float64.
 
     Materialises ``softmax(a * sims)`` (N x M) and gathers ``[k, chunk, M]`` per chunk.
+
+    Example:
+        >>> from neurocore import ops
+        >>> sims, idx, p = torch.randn(30, 6).div(10), torch.randint(0, 30, (4, 3)), ops.soft_wpmi_weights(4)
+        >>> torch.allclose(soft_wpmi(sims.double(), idx, p, 10.0, 1.0), ops.soft_wpmi(sims.double(), idx, p, 10.0, 1.0))
+        True
     """
     _reject_nan(sims, "sims")
     K, M = topk_idx.shape[1], sims.shape[1]
@@ -81,6 +101,12 @@ def soft_wpmi(sims, topk_idx, p, a, lam, eps=1e-7, neuron_chunk: int = 64) -> to
 def soft_wpmi_per_neuron_loop(sims, topk_idx, p, a, lam, eps=1e-7) -> torch.Tensor:
     """SoftWPMI as the authors' code computes it: a materialised softmax, then a Python loop over
     neurons. Kept as the benchmark baseline that the kernel replaces; same result as :func:`soft_wpmi`.
+
+    Example:
+        >>> sims, idx, p = torch.randn(30, 6).div(10), torch.randint(0, 30, (4, 3)), torch.ones(4)
+        >>> loop = soft_wpmi_per_neuron_loop(sims, idx, p, 2.0, 0.6)
+        >>> torch.allclose(loop.double(), soft_wpmi(sims.double(), idx, p, 2.0, 0.6), atol=1e-5)
+        True
     """
     P = torch.softmax(a * sims.float(), dim=1)
     p = torch.as_tensor(p, dtype=torch.float32, device=sims.device).view(-1, 1)
@@ -104,7 +130,16 @@ def _gather_sets(sets: torch.Tensor, train: GramStats, val: GramStats):
 
 
 def lstsq_gram(train: GramStats, val: GramStats, sets: torch.Tensor, ridge: float = 1e-10) -> LstsqResult:
-    """Twin of :func:`neurocore.ops.lstsq_gram`: gather the systems and ``torch.linalg.solve`` them."""
+    """Twin of :func:`neurocore.ops.lstsq_gram`: gather the systems and ``torch.linalg.solve`` them.
+
+    Example:
+        >>> from neurocore.ops import gram_stats
+        >>> P = torch.randn(100, 3, dtype=torch.float64)
+        >>> Y = P @ torch.tensor([[2.], [0.], [-1.]], dtype=torch.float64) + 0.5
+        >>> w, b, corr = lstsq_gram(gram_stats(P[:80], Y[:80]), gram_stats(P[80:], Y[80:]), torch.tensor([[[0, 2]]]))
+        >>> [round(v, 6) for v in w.flatten().tolist()], round(float(b), 6), round(float(corr), 6)
+        ([2.0, -1.0], 0.5, 1.0)
+    """
     valid, safe, cov_t, cov_v, cross_t, cross_v = _gather_sets(sets, train, val)
     s = sets.shape[-1]
     eye = torch.eye(s, dtype=torch.float64, device=sets.device)
@@ -127,6 +162,13 @@ def lstsq_samples(train_P, train_Y, val_P, val_Y, sets) -> LstsqResult:
     """The definition on samples: per (neuron, set), ``torch.linalg.lstsq`` with an intercept
     column on the train split, then Pearson correlation of the predictions on the val split.
     Slow (a Python loop); for tests only.
+
+    Example:
+        >>> P = torch.randn(100, 3, dtype=torch.float64)
+        >>> Y = P @ torch.tensor([[2.], [0.], [-1.]], dtype=torch.float64) + 0.5
+        >>> w, b, corr = lstsq_samples(P[:80], Y[:80], P[80:], Y[80:], torch.tensor([[[0, 2]]]))
+        >>> [round(v, 6) for v in w.flatten().tolist()], round(float(b), 6), round(float(corr), 6)
+        ([2.0, -1.0], 0.5, 1.0)
     """
     K, R, s = sets.shape
     weights = torch.zeros(K, R, s, dtype=torch.float64)
@@ -163,6 +205,13 @@ def shapley_permutation(x, weight, bias, background, perms, link) -> torch.Tenso
     the walk from background to x are a cumulative sum of per-feature logit changes taken in the
     permutation's order; the link's change at each step is credited to the feature switched.
     Vectorised over samples and features, a loop over permutations.
+
+    Example:
+        >>> from neurocore.ops import sample_permutations
+        >>> x, bg, w, b = torch.randn(2, 4), torch.zeros(2, 4), torch.randn(1, 4), torch.zeros(1)
+        >>> phi = shapley_permutation(x, w, b, bg, sample_permutations(6, 4), "sigmoid")
+        >>> phi.shape, torch.allclose(phi.sum(-1), torch.sigmoid(x @ w.T) - 0.5)
+        (torch.Size([2, 1, 4]), True)
     """
     R, D = x.shape
     C = weight.shape[0]
@@ -185,6 +234,11 @@ def shapley_exact(x, weight, bias, background, link) -> torch.Tensor:
     """Exact Shapley values from the coalition formula (D <= 10), evaluating f afresh for every
     coalition: ``phi_d = sum_S |S|! (D - |S| - 1)! / D! * (f(x_{S+d}) - f(x_S))``, where features
     in the coalition take x's values and the others the background's. Independent of the walk.
+
+    Example:
+        >>> x, bg, w, b = torch.randn(2, 4), torch.zeros(2, 4), torch.randn(1, 4), torch.zeros(1)
+        >>> torch.allclose(shapley_exact(x, w, b, bg, "identity"), (w * x).double()[:, None, :])
+        True
     """
     import itertools
 

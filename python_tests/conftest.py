@@ -5,11 +5,18 @@ it over :data:`DEVICES` (tests may also use ``@pytest.mark.parametrize("device",
 Test cases marked ``cuda`` are skipped unless torch sees a GPU **and** neurocore was built with its
 CUDA kernels. With ``NEUROCORE_REQUIRE_CUDA=1`` (set on the GPU machine) a missing GPU or a CPU-only
 build fails the session instead: a silent skip there would hide an untested CUDA build.
+
+Real-data tests read :data:`SHARED_DATA` (``../shared/data`` beside the checkout) and skip when it is
+absent, with a reason that names the missing path under ``shared/data``. With
+``NEUROCORE_REQUIRE_DATA=1`` (set by ``.ci/run``: CI has the data) a missing ``shared/data`` fails the
+session, and any skip whose reason names it fails that test: the real-data tests cannot pass by
+skipping there.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +24,23 @@ import torch
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 REQUIRE_CUDA_VAR = "NEUROCORE_REQUIRE_CUDA"
+REQUIRE_DATA_VAR = "NEUROCORE_REQUIRE_DATA"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def require_cuda() -> bool:
     """Whether ``NEUROCORE_REQUIRE_CUDA=1`` asks for the CUDA cases to run (never to be skipped)."""
     return os.environ.get(REQUIRE_CUDA_VAR, "").strip() == "1"
+
+
+def require_data() -> bool:
+    """Whether ``NEUROCORE_REQUIRE_DATA=1`` asks for the real-data tests to run (never to be skipped)."""
+    return os.environ.get(REQUIRE_DATA_VAR, "").strip() == "1"
+
+
+def is_missing_data_skip(reason: str) -> bool:
+    """Whether a skip reason says that real data under ``shared/data`` is missing."""
+    return "shared/data" in reason or str(SHARED_DATA) in reason
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -58,6 +77,11 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
+    if require_data() and not SHARED_DATA.is_dir():
+        raise pytest.UsageError(
+            f"{REQUIRE_DATA_VAR}=1 but the real data is not at {SHARED_DATA}: put the shared data folder "
+            f"beside the checkout (../shared/data), or unset {REQUIRE_DATA_VAR} to skip the real-data tests."
+        )
     usable, reason = cuda_status()
     if require_cuda() and not usable:
         raise pytest.UsageError(
@@ -72,7 +96,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and require_data()) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if is_missing_data_skip(reason):
+        # A skip for missing data would hide an untested real-data path where the data is promised.
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{REQUIRE_DATA_VAR}=1 but this real-data test skipped: {reason}. Provide the data under "
+            f"{SHARED_DATA}, or unset {REQUIRE_DATA_VAR}."
+        )
+
 
 def pytest_report_header(config):
     usable, reason = cuda_status()
-    return f"neurocore CUDA tests: {'run' if usable else 'skipped: ' + reason}"
+    data = "required" if require_data() else ("found" if SHARED_DATA.is_dir() else "absent: real-data tests skip")
+    return [f"neurocore CUDA tests: {'run' if usable else 'skipped: ' + reason}", f"neurocore real data ({SHARED_DATA}): {data}"]

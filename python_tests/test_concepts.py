@@ -194,4 +194,4 @@ def test_imagenet_wnids_match_sample_file_names():
     # and the class names line up with the file names' own names ("n01440764_tench.JPEG")
     by_wnid = {f.split("_")[0]: f.split("_", 1)[1].rsplit(".", 1)[0].replace("_", " ") for f in files}
     agree = sum(by_wnid[w].lower() == n.split(",")[0].lower() for w, n in zip(imagenet_wnids(), imagenet_class_names()))
-    assert agree >= 950, agree
+    assert agree >= 995, agree  # measured 1000

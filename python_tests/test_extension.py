@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,84 @@ def test_setup_py_without_torch_says_install_torch_first():
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "install torch first" in proc.stderr
     assert "pip install --no-build-isolation" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# a CUDA tensor given to a build without the CUDA kernels: the wrapper names the fix
+#
+# The wrapper decides from neurocore.built_with_cuda() and the tensor's device, so this runs on every
+# machine: built_with_cuda is patched to say "CPU-only build", and the CUDA tensor is a fake one
+# (torch's FakeTensorMode: a tensor on the CUDA device with no GPU behind it) or, on a GPU machine, a
+# real one. The control below shows the same fake tensors pass the check when the build has CUDA.
+
+
+def cuda_like(t: torch.Tensor, device: str, mode=None) -> torch.Tensor:
+    if device == "cuda":
+        return t.cuda()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with mode or FakeTensorMode():
+        return torch.empty(t.shape, dtype=t.dtype, device="cuda")
+
+
+def op_arguments():
+    """``{op: (call, tensors, checked)}``: each op's tensor arguments (valid CPU tensors) and those the
+    wrapper checks, by the names its errors use."""
+    x = torch.randn(6, 3)
+    v, i = ops.topk(x, 2)
+    st = ops.gram_stats(torch.randn(20, 4), torch.randn(20, 3))
+    stats = {f: getattr(st, f) for f in ("mean", "cov", "target_mean", "cross", "target_var")}
+
+    def lstsq(sets, **t):
+        def split(prefix):
+            return ops.GramStats(20, **{f: t[f"{prefix}.{f}"] for f in stats})
+
+        return ops.lstsq_gram(split("train"), split("val"), sets)
+
+    shapley = dict(x=torch.randn(2, 4), weight=torch.randn(1, 4), bias=torch.zeros(1), background=torch.zeros(2, 4),
+                   perms=ops.sample_permutations(3, 4))
+    return {
+        "topk": (lambda x: ops.topk(x, 2), {"x": x}, ["x"]),
+        "topk_merge": (ops.topk_merge, {"values_a": v, "indices_a": i, "values_b": v, "indices_b": i},
+                       ["values_a", "indices_a", "values_b", "indices_b"]),
+        "soft_wpmi": (lambda sims, topk_idx, p: ops.soft_wpmi(sims, topk_idx, p, 10.0, 1.0),
+                      {"sims": torch.randn(6, 4), "topk_idx": i, "p": ops.soft_wpmi_weights(2)}, ["sims", "topk_idx"]),
+        "lstsq_gram": (lambda **t: lstsq(**t),
+                       {"sets": torch.tensor([[[0, 1]], [[2, -1]], [[3, 0]]]),
+                        **{f"{s}.{f}": t for s in ("train", "val") for f, t in stats.items()}},
+                       ["sets", "train.cov", "val.cov"]),
+        "shapley_permutation": (lambda **kw: ops.shapley_permutation(**kw, link="sigmoid"), shapley, list(shapley)),
+    }
+
+
+CASES = [(op, name) for op, (_, _, checked) in op_arguments().items() for name in checked]
+
+
+@pytest.mark.parametrize("op, name", CASES, ids=[f"{op}-{name}" for op, name in CASES])
+def test_cuda_tensor_on_cpu_only_build_names_the_fix(op, name, device, monkeypatch):
+    call, args, _ = op_arguments()[op]
+    monkeypatch.setattr(_extension, "built_with_cuda", lambda: False)
+    args = dict(args, **{name: cuda_like(args[name], device)})
+    with pytest.raises(RuntimeError, match=(
+        rf"neurocore\.ops\.{op}: {re.escape(name)} is a CUDA tensor but neurocore was built without its CUDA "
+        r"kernels; .*`NEUROCORE_CUDA=1 pip install --no-build-isolation -e \.`, or pass CPU tensors \(\.cpu\(\)\)"
+    )):
+        call(**args)
+
+
+@pytest.mark.parametrize("op", list(op_arguments()))
+def test_cuda_tensors_pass_the_check_on_a_cuda_build(op, monkeypatch):
+    # The control: the same fake CUDA tensors, all of them, reach the op (its fake kernel) when the
+    # build has CUDA, so the error above comes from the build check and nothing else.
+    call, args, _ = op_arguments()[op]
+    monkeypatch.setattr(_extension, "built_with_cuda", lambda: True)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    with mode:  # one mode for all inputs
+        out = call(**{k: cuda_like(t, "cpu", mode) for k, t in args.items()})
+    first = out[0] if isinstance(out, tuple) else out
+    assert first.device.type == "cuda"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,27 +27,33 @@ from neurocore.probe import ActivationStore
 
 
 def test_replace_units_maps_tokens_features_against_loops():
+    # Expected values come from copies taken before each call, and the inputs are compared with those
+    # copies after it: an in-place write into the layer output would fail both checks.
     z4 = torch.randn(3, 4, 2, 5)
+    z4_before = z4.clone()
     units = torch.tensor([2, 0])
     values = torch.randn(2, 3)
     out = replace_units(z4, units, values)
     for j in range(2):
         for b in range(3):
-            expected = z4[b].clone()
+            expected = z4_before[b].clone()
             expected[units[j]] = values[j, b]
             assert torch.equal(out[j, b], expected)
     z3 = torch.randn(3, 6, 4)  # [B, T, C]
+    z3_before = z3.clone()
     first, every = replace_units(z3, units, values, "first"), replace_units(z3, units, values, "mean")
     for j in range(2):
         for b in range(3):
-            e1, e2 = z3[b].clone(), z3[b].clone()
+            e1, e2 = z3_before[b].clone(), z3_before[b].clone()
             e1[0, units[j]] = values[j, b]
             e2[:, units[j]] = values[j, b]
             assert torch.equal(first[j, b], e1) and torch.equal(every[j, b], e2)
     z2 = torch.randn(3, 4)
+    z2_before = z2.clone()
     out2 = replace_units(z2, units, values)
-    assert out2[1, 2, 0] == values[1, 2] and torch.equal(out2[1, 2, 1:], z2[2, 1:])
-    assert torch.equal(z4, z4.clone())  # input untouched (no in-place write)
+    assert out2[1, 2, 0] == values[1, 2] and torch.equal(out2[1, 2, 1:], z2_before[2, 1:])
+    for z, before in ((z4, z4_before), (z3, z3_before), (z2, z2_before)):
+        assert torch.equal(z, before)  # input untouched (no in-place write)
     with pytest.raises(NeurocoreError, match="layer outputs must be"):
         replace_units(torch.rand(2, 3, 4, 5, 6), units, torch.rand(2, 2))
 

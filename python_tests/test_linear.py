@@ -399,7 +399,8 @@ def test_label_mode_on_real_tiny_imagenet_labels():
     acts = acts + 0.05 * torch.randn(3000, generator=torch.Generator().manual_seed(0))
     n = explain_linear(acts[:, None], P)[0]
     assert n.concepts[:2] == ("dog", "insect")
-    assert n.scores[0] == pytest.approx(1.0, abs=0.05) and n.scores[1] == pytest.approx(0.5, abs=0.05)
+    # measured 0.998 and 0.494 (noise 0.05 on 3,000 rows)
+    assert n.scores[0] == pytest.approx(1.0, abs=0.01) and n.scores[1] == pytest.approx(0.5, abs=0.01)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ def test_label_matrix_imagenet_matches_authors_superclasses():
     ours = {tuple(P.scores[:, j].nonzero().flatten().tolist()) for j in range(1000, P.num_concepts)}
     theirs = [tuple(sorted(v)) for v in authors.values() if len(v) < 1000]
     found = sum(t in ours for t in theirs)
-    assert found / len(theirs) > 0.9, f"{found} of {len(theirs)}"
+    assert found / len(theirs) >= 0.93, f"{found} of {len(theirs)}"  # measured 0.937 (374 of 399)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -346,7 +348,7 @@ def test_result_is_frozen_and_typed():
     res = greedy_search(*splits(P, acts), random_ranking(2, 10, g))
     assert all(isinstance(c, int) for r in res for c in r.concepts)
     assert all(isinstance(w, float) for r in res for w in r.weights)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         res[0].bias = 1.0  # type: ignore[misc]
 
 

@@ -206,6 +206,6 @@ def test_real_efficientnet_lite0_weights_load_by_order():
     with torch.inference_mode():
         predicted = model(batch).argmax(1).tolist()
     correct = sum(p == label for p, (_, label) in zip(predicted, samples))
-    assert correct >= 9, (correct, predicted, [label for _, label in samples])
+    assert correct >= 11, (correct, predicted, [label for _, label in samples])  # measured 12 of 12
     with pytest.raises(NeurocoreError, match="247 missing keys.*296 unexpected keys.*key_map='order'"):
         load_model("tf_efficientnet_lite0", weights)

@@ -449,7 +449,7 @@ def test_fingerprint_covers_the_annotations_content(tmp_path):
     assert ImageFolder(tmp_path / "val" / "images", annotations=ann).fingerprint() == second
 
 
-@pytest.mark.skipif(not (Path(__file__).parents[2] / "shared/data/tiny-imagenet-200/val").is_dir(), reason="no real data")
+@pytest.mark.skipif(not (Path(__file__).parents[2] / "shared/data/tiny-imagenet-200/val").is_dir(), reason="shared/data/tiny-imagenet-200/val is absent")
 def test_real_tiny_imagenet_val_annotations():
     val = Path(__file__).parents[2] / "shared/data/tiny-imagenet-200/val"
     ds = ImageFolder(val, annotations=val / "val_annotations.txt")

@@ -136,6 +136,13 @@ def train_cnn(
 
     Raises:
         NeurocoreError: empty or mismatched inputs, labels out of range, bad settings.
+
+    Example:
+        >>> images, labels = torch.rand(8, 3, 24, 24), torch.tensor([0, 1] * 4)
+        >>> run = lambda: train_cnn(images, labels, 2, epochs=1, widths=(4, 4, 4, 4), progress=False)
+        >>> first = run()
+        >>> len(first.losses), first.model.training, first.digest == run().digest  # same seed, same weights
+        (1, False, True)
     """
     from tqdm.auto import tqdm
 

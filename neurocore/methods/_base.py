@@ -148,7 +148,15 @@ def _default_label(n: NeuronExplanation) -> str:
 
 def top_image_refs(store, rows) -> dict[str, tuple]:
     """``top_images``, ``top_dataset_indices`` and ``top_image_ids`` of the store rows ``rows``
-    (best first): the keyword arguments every method passes to :class:`NeuronExplanation`."""
+    (best first): the keyword arguments every method passes to :class:`NeuronExplanation`.
+
+    Example:
+        >>> import torch
+        >>> from neurocore import ActivationStore
+        >>> store = ActivationStore.from_tensor(torch.rand(4, 1), image_ids=["a", "b", "c", "d"])
+        >>> top_image_refs(store, [2, 0])
+        {'top_images': (2, 0), 'top_dataset_indices': (2, 0), 'top_image_ids': ('c', 'a')}
+    """
     rows = tuple(int(r) for r in rows)
     indices = store.dataset_indices.tolist() if store.dataset_indices is not None else None
     ids = store.image_ids
@@ -167,6 +175,13 @@ def probe_identity(store) -> dict[str, Any]:
         order, :func:`neurocore._alignment.image_ids_digest`; None without ids), ``skipped``
         (``[dataset index, reason]`` of every unreadable image left out) and ``fingerprint`` (the
         recording key's probe fingerprint, e.g. the image folder's, when known).
+
+    Example:
+        >>> import torch
+        >>> from neurocore import ActivationStore
+        >>> store = ActivationStore.from_tensor(torch.rand(5, 2), image_ids=[f"{i}.png" for i in range(5)])
+        >>> probe_identity(store)["num_images"], len(probe_identity(store)["image_ids_sha256"])
+        (5, 64)
     """
     key = getattr(store, "key", {}) or {}
     return {
@@ -418,6 +433,13 @@ def register_method(name: str):
     Raises:
         NeurocoreError: ``name`` is taken by another class; the class declares inputs outside
             :data:`METHOD_INPUTS`.
+
+    Example:
+        >>> @register_method("clip_dissect")  # the name is taken by another class
+        ... class Mine:
+        ...     pass
+        Traceback (most recent call last):
+        neurocore._errors.NeurocoreError: a method named 'clip_dissect' is already registered (...)...
     """
 
     def decorate(cls):
@@ -443,7 +465,12 @@ def register_method(name: str):
 
 
 def get_method(name: str) -> type:
-    """The method class registered under ``name``."""
+    """The method class registered under ``name``.
+
+    Example:
+        >>> get_method("clip_dissect").name
+        'clip_dissect'
+    """
     try:
         return _METHODS[name]
     except KeyError:
@@ -455,5 +482,10 @@ def get_method(name: str) -> type:
 
 
 def list_methods() -> list[str]:
-    """The registered method names, sorted."""
+    """The registered method names, sorted.
+
+    Example:
+        >>> {"clip_dissect", "linear"} <= set(list_methods())
+        True
+    """
     return sorted(_METHODS)

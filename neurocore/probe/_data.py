@@ -623,7 +623,12 @@ def probe_length(probe) -> int:
 
 
 def probe_fingerprint(probe) -> str | None:
-    """The dataset's own identity digest (``probe.fingerprint()``), or None when it has none."""
+    """The dataset's own identity digest (``probe.fingerprint()``), or None when it has none.
+
+    Example:
+        >>> probe_fingerprint([1, 2, 3]) is None  # a plain list cannot say what it holds
+        True
+    """
     fp = getattr(probe, "fingerprint", None)
     return fp() if callable(fp) else None
 

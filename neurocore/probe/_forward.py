@@ -58,6 +58,12 @@ def hooked_forward(
         NeurocoreError: a module that never runs (or, with ``require_once``, runs several times), a
             layout that does not fit the output. Exceptions of the model itself keep their type and get
             a note naming ``where`` and the input shape.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(inplace=True), nn.Linear(3, 2))
+        >>> kept, calls, logits = hooked_forward(model, {"0": model[0]}, torch.randn(5, 4))
+        >>> kept["0"].shape, calls, logits.shape, bool((kept["0"] < 0).any())  # copied before the in-place ReLU
+        (torch.Size([5, 3]), {'0': 1}, torch.Size([5, 2]), True)
     """
     layouts = layouts if layouts is not None else dict.fromkeys(modules, "auto")
     x = images if device is None else images.to(device)

@@ -179,6 +179,14 @@ def embed_images(
     Raises:
         NeurocoreError: not a vision–language model, a probe yielding tensors, no readable image,
             embeddings of the wrong shape or with NaN.
+
+    Example:
+        >>> import types, PIL.Image, torchvision.transforms as T
+        >>> vlm = types.SimpleNamespace(identity="toy", device=torch.device("cpu"), preprocess=T.ToTensor(),
+        ...                             encode_images=lambda x: x.mean((2, 3)), encode_texts=print)
+        >>> probe = [PIL.Image.new("RGB", (4, 4), c) for c in ("red", "blue")]
+        >>> embed_images(vlm, probe, progress=False).embeddings.round(decimals=3).tolist()
+        [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     """
     vlm = check_vlm(vlm)
     from neurocore.probe import iter_batches
@@ -364,7 +372,12 @@ def _check_embeddings(emb, rows: int, what: str) -> None:
 
 def apply_template(texts: Sequence[str], template: str | None) -> list[str]:
     """The prompts for ``texts``: ``template`` with ``"{}"`` replaced by each text, or the texts as
-    they are when ``template`` is None (CLIP-Dissect's default)."""
+    they are when ``template`` is None (CLIP-Dissect's default).
+
+    Example:
+        >>> apply_template(["dog", "red"], "a photo of a {}")
+        ['a photo of a dog', 'a photo of a red']
+    """
     if template is None:
         return list(texts)
     if not isinstance(template, str) or "{}" not in template:
@@ -400,6 +413,13 @@ def embed_texts(
     Raises:
         NeurocoreError: not a vision–language model, no texts, a template without ``"{}"``,
             embeddings of the wrong shape or with NaN.
+
+    Example:
+        >>> import types
+        >>> vlm = types.SimpleNamespace(identity="toy", device=torch.device("cpu"), preprocess=print, encode_images=print,
+        ...                             encode_texts=lambda texts: torch.tensor([[float(len(t)), 0.0] for t in texts]))
+        >>> embed_texts(vlm, ["cat", "a dog"], template="{}!", progress=False).tolist()
+        [[1.0, 0.0], [1.0, 0.0]]
     """
     vlm = check_vlm(vlm)
     if isinstance(texts, str):

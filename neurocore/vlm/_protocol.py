@@ -26,6 +26,14 @@ class VisionLanguageModel(Protocol):
         encode_images(images: Tensor[B, 3, H, W]) -> Tensor[B, d]: image embeddings (not
             necessarily normalised; callers L2-normalise).
         encode_texts(texts: Sequence[str]) -> Tensor[M, d]: text embeddings in the same space.
+
+    Example:
+        >>> class Toy:  # any object with these members is one
+        ...     identity, device, preprocess = "toy:v1", torch.device("cpu"), staticmethod(lambda image: torch.zeros(3, 2, 2))
+        ...     def encode_images(self, images): return images.flatten(1)[:, :4]
+        ...     def encode_texts(self, texts): return torch.ones(len(texts), 4)
+        >>> isinstance(Toy(), VisionLanguageModel), isinstance(object(), VisionLanguageModel)
+        (True, False)
     """
 
     preprocess: Callable[[Any], torch.Tensor]
