@@ -101,6 +101,7 @@ def run_dissection(
     class_names: Sequence[str] | None = None,
     template: str | None = None,
     summary: str = "mean",
+    layout="auto",
     transform=None,
     batch_size: int = 64,
     device=None,
@@ -179,7 +180,7 @@ def run_dissection(
 
     def record_probe(images):
         return record(
-            model, layers, images, summary=summary, top_k=max(1, top_k), batch_size=batch_size, transform=transform,
+            model, layers, images, summary=summary, layout=layout, top_k=max(1, top_k), batch_size=batch_size, transform=transform,
             device=device, cache_dir=cache_dir, num_workers=num_workers, progress=progress,
         )
 

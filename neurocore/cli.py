@@ -39,6 +39,23 @@ _SKIPPED_SHOWN = 10  # skipped files named on stderr; all of them go to OUT/skip
 # argument parsing
 
 
+def _layouts(values, layers):
+    """``--layout``: one layout for every layer, or ``LAYER=LAYOUT`` pairs (other layers: auto)."""
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    out = {}
+    for value in values:
+        layer, sep, layout = value.rpartition("=")
+        if not sep or not layer:
+            raise NeurocoreError(
+                f"--layout takes one layout for all layers or LAYER=LAYOUT pairs; got {value!r} among {values}"
+            )
+        if layer not in layers:
+            raise NeurocoreError(f"--layout names layer {layer!r}, which is not in --layers {list(layers)}")
+        out[layer] = layout
+    return out
+
+
 def _int_at_least(low: int):
     def parse(text: str) -> int:
         try:
@@ -161,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--crop-pct", type=_fraction, metavar="FRACTION",
                      help="input edge / resized edge before the centre crop (0.875: resize 256, crop 224)")
     dis.add_argument("--summary", choices=("mean", "max", "first"), default="mean", help="per-neuron summary of a layer's output (default: mean)")
+    dis.add_argument(
+        "--layout", nargs="+", default=["auto"], metavar="[LAYER=]LAYOUT",
+        help="where batch and channels sit in the layers' outputs: auto (default), NCHW, NHWC (Swin), NLC (tokens), "
+             "LNC (sequence-first tokens), NCL or NC; one for all layers, or LAYER=LAYOUT per layer",
+    )
     dis.add_argument("--template", help="prompt template for --vlm, e.g. 'a photo of {}' (default: none)")
     dis.add_argument("--batch-size", type=_int_at_least(1), default=64, help="images per forward pass (default: 64)")
     dis.add_argument("--num-workers", type=_int_at_least(0), default=0, help="data loader worker processes (default: 0)")
@@ -339,7 +361,7 @@ def _cmd_dissect(args) -> None:
     run = run_dissection(
         model, args.layers, probe, explainer, scores=given, concepts=names, vlm=vlm, labels=args.labels,
         class_names=getattr(probe, "classes", None) if args.labels else None, template=args.template,
-        summary=args.summary, transform=transform, batch_size=args.batch_size, device=device,
+        summary=args.summary, layout=_layouts(args.layout, args.layers), transform=transform, batch_size=args.batch_size, device=device,
         cache_dir=args.cache_dir, num_workers=args.num_workers, progress=progress,
     )
     out = Path(args.out)

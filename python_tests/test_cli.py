@@ -467,3 +467,22 @@ def test_real_efficientnet_lite0_weights_from_the_command_line(tmp_path):
     ex = Explanations.load(tmp_path / "out")
     # ImageNet class 1 (goldfish) and 0 (tench): each output unit fires for its own image
     assert [ex.layer("classifier")[k].description for k in (0, 1)] == ["n01440764", "n01443537"]
+
+
+def test_layout_option(files, tmp_path, capsys):
+    from neurocore.cli import _layouts
+
+    assert _layouts(["auto"], ["a", "b"]) == "auto"
+    assert _layouts(["a=NHWC", "b=NLC"], ["a", "b"]) == {"a": "NHWC", "b": "NLC"}
+    with pytest.raises(NeurocoreError, match="not in --layers"):
+        _layouts(["c=NHWC"], ["a", "b"])
+    with pytest.raises(NeurocoreError, match="LAYER=LAYOUT pairs"):
+        _layouts(["NHWC", "NCHW"], ["a", "b"])
+    val = _tiny_imagenet_val(tmp_path / "val", classes=("n01443537", "n02124075"))
+    common = ("dissect", "--model", files / "model.pt", "--layers", "3", "--probe", val, "--labels", "--annotations",
+              val / "val_annotations.txt", "--input-size", "16", "--no-progress")
+    assert run(*common, "--layout", "3=NC", "--out", tmp_path / "out") == 0
+    assert run(*common, "--layout", "3=NCHW", "--out", tmp_path / "out1") == 1
+    assert "has layout 'NCHW' (4-D) but output a 2-D tensor" in capsys.readouterr().err
+    assert run(*common, "--layout", "3=BHWC", "--out", tmp_path / "out2") == 1
+    assert "layout for layer '3' must be one of" in capsys.readouterr().err

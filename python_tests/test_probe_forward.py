@@ -435,3 +435,52 @@ def test_crops_on_vit_tokens_and_errors():
         crops(model, "fc", probe, [0], [0])
     with pytest.raises(NeurocoreError, match="one unit per image"):
         crops(model, "proj", probe, [0, 1], [1, 2, 3])
+
+
+def _tv(name, **kw):
+    import torchvision
+
+    return getattr(torchvision.models, name)(weights=None, **kw).eval()
+
+
+# Layers whose last channel-setting module is one branch's conv (concatenation), PixelShuffle or a gate, at
+# sizes where the spatial width equals that branch's channel count: channels are still first.
+CHANNELS_FIRST_CASES = [
+    ("googlenet inception3a @256", lambda: _tv("googlenet", aux_logits=False, init_weights=False), "inception3a", 256),
+    ("densenet121 denseblock1 @128", lambda: _tv("densenet121"), "features.denseblock1", 128),
+    ("squeezenet1_1 fire @260", lambda: _tv("squeezenet1_1"), "features.3", 260),
+    ("shufflenet stage2 @224", lambda: _tv("shufflenet_v2_x0_5"), "stage2", 224),
+    ("mobilenet_v3_small SE @64", lambda: _tv("mobilenet_v3_small"), "features.1.block.1", 64),
+    ("pixelshuffle @8", lambda: nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.PixelShuffle(2)).eval(), "1", 8),
+]
+
+
+@pytest.mark.parametrize("label,build,layer,size", CHANNELS_FIRST_CASES, ids=[c[0] for c in CHANNELS_FIRST_CASES])
+def test_concatenated_and_shuffled_channels_stay_channels_first(label, build, layer, size):
+    torch.manual_seed(0)
+    model = build()
+    probe = [torch.rand(3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    raw = manual(model, layer, torch.stack(probe))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        store = record(model, layer, probe, top_k=1, progress=False)
+    assert store.key["layouts"][layer] == "NCHW", label
+    torch.testing.assert_close(store[layer].summaries, raw.mean((2, 3)), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_output_permuted_to_channels_last_is_nhwc():
+    class ConvThenPermute(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3)
+            self.out = nn.Identity()
+
+        def forward(self, x):
+            return self.out(self.conv(x).permute(0, 2, 3, 1))
+
+    model = ConvThenPermute().eval()
+    probe = [torch.randn(3, 9, 9) for _ in range(3)]
+    raw = manual(model, "out", torch.stack(probe))
+    store = record(model, "out", probe, top_k=1, progress=False)
+    assert store.key["layouts"]["out"] == "NHWC"
+    torch.testing.assert_close(store["out"].summaries, raw.mean((1, 2)), rtol=0, atol=1e-6)

@@ -922,6 +922,7 @@ def dissect(
     template: str | None = None,
     *,
     similarity: str | None = None,
+    layout="auto",
     **params,
 ) -> Explanations:
     """CLIP-Dissect in one call: record ``model`` over ``probe``, score the probe against the
@@ -944,6 +945,9 @@ def dissect(
             its own preprocessing: the probe must then yield PIL images) and the concepts.
         method: deprecated name of ``similarity``.
         summary: how activation maps are reduced per neuron (``"mean"``, ``"max"``, ``"first"``).
+        layout: where batch and channels sit in each layer's output (``"auto"``, ``"NCHW"``, ``"NHWC"``,
+            ``"NLC"``, ``"LNC"``, ``"NCL"``, ``"NC"``, or a dict layer -> layout; see
+            :func:`neurocore.probe.record`).
         cache_dir: where activations and embeddings are cached (keyed by what determines them).
         batch_size, device, num_workers: for recording and encoding. device: where the model runs
             (default: where its parameters are).
@@ -979,7 +983,7 @@ def dissect(
     explainer = ClipDissect(similarity=similarity, compositional=compositional, **params)
     run = run_dissection(
         model, layers, probe, explainer, scores=scores, concepts=concepts, vlm=vlm, template=template,
-        summary=summary, transform=transform, batch_size=batch_size, device=device, cache_dir=cache_dir,
+        summary=summary, layout=layout, transform=transform, batch_size=batch_size, device=device, cache_dir=cache_dir,
         num_workers=num_workers, progress=progress,
     )
     return run.explanations

@@ -22,11 +22,13 @@ Everything downstream (summaries, spatial maps, neuron replacement) works on the
 * the batch axis is the one whose size is the input's batch size B (a 3-D output whose first two sizes
   both equal B is resolved by one extra forward pass of a single image; a shape without an axis of
   size B is refused);
-* the channel axis of a 3-D/4-D output is the one whose size equals the channel count of the last
-  *informative* module that ran before the layer returned: ``Conv*``/``BatchNorm*``/``GroupNorm``/
-  ``InstanceNorm*`` (channels at dim 1 of their own output), ``Linear``/``LayerNorm`` (channels last).
-  Shapes are compared rather than module types so that a permute after a ``Linear`` (ConvNeXt blocks)
-  is still read correctly. When both candidate axes have that size (16 channels on a 16×16 map), the
+* the channel axis of a 3-D/4-D output follows the last *informative* module that ran before the layer
+  returned: ``Conv*``/``BatchNorm*``/``GroupNorm``/``InstanceNorm*`` write channels first, and a 4-D
+  output after them is ``NCHW`` (concatenations, PixelShuffle and gating change the channel count but
+  not where the channels are) unless it is that module's own output permuted to ``[B, H, W, C]``;
+  after ``Linear``/``LayerNorm`` (channels last) the axis whose size equals their channel count is the
+  channel axis, so a permute back after a ``Linear`` (ConvNeXt blocks) is still read correctly. For
+  3-D outputs the same size comparison tells ``[B, T, C]`` tokens from ``[B, C, L]`` maps. When both candidate axes have that size (16 channels on a 16×16 map), the
   informative module's own orientation decides if its output had exactly the layer's shape and strides
   (no permute in between); otherwise the layout cannot be known and the caller is told to pass ``layout=``. With no informative module at all, a 4-D output is taken as
   ``NCHW`` and a 3-D one as tokens, PyTorch's conventions.
@@ -116,7 +118,7 @@ def resolve_layout(
     """
     shape = tuple(int(s) for s in shape)
     rank = len(shape)
-    fix = f"pass layout={{{layer!r}: ...}} with one of {LAYOUTS[1:]}"
+    fix = f"pass layout={{{layer!r}: ...}} with one of {LAYOUTS[1:]} (on the command line: --layout {layer}=...)"
     if rank == 2:
         if shape[0] != batch:
             raise NeurocoreError(
@@ -137,8 +139,11 @@ def resolve_layout(
             return "LNC"
         # Batch first: tokens [B, T, C] or a 1-D map [B, C, L].
         if evidence is not None:
-            c = evidence[1]
-            if shape[1] == c and shape[2] != c:
+            where, c, _ = evidence
+            at1, at2 = shape[1] == c, shape[2] == c
+            if at1 != at2:
+                return "NCL" if at1 else "NLC"
+            if where == "dim1" and not at2:  # a Conv1d's channels, concatenated: still first
                 return "NCL"
         return "NLC"
     if rank == 4:
@@ -152,15 +157,22 @@ def resolve_layout(
         where, c, seen = evidence
         if own:
             return "NCHW" if where == "dim1" else "NHWC"
+        if where == "dim1":
+            # A convolution or norm writes channels first; later concatenations (Inception, DenseNet),
+            # PixelShuffle or gating (squeeze-excitation) change the count but keep them first. Only its
+            # own output permuted to [B, H, W, C] is channels last.
+            s_shape = seen[0]
+            permuted = len(s_shape) == 4 and shape == (s_shape[0], s_shape[2], s_shape[3], s_shape[1])
+            return "NHWC" if permuted and shape[1] != c else "NCHW"
         at1, at3 = shape[1] == c, shape[3] == c
-        if at1 and not at3:
-            return "NCHW"
         if at3 and not at1:
             return "NHWC"
+        if at1 and not at3:
+            return "NCHW"
         if at1 and at3 and seen == (shape, tuple(strides) if strides is not None else None):
-            # [B, C, H, C]-like sizes: the module that set the channels gave this very shape and memory
-            # layout, so no permute came between (one changes the strides even when H == W == C).
-            return "NCHW" if where == "dim1" else "NHWC"
+            # [B, C, H, C]-like sizes: the Linear/LayerNorm that set the channels gave this very shape and
+            # memory layout, so no permute came between (one changes the strides even when H == W == C).
+            return "NHWC"
         if at1 and at3:
             raise NeurocoreError(
                 f"layer {layer!r} outputs shape {shape}: both axis 1 and axis 3 have the size of its {c} channels, "
@@ -168,8 +180,8 @@ def resolve_layout(
                 "('NCHW' or 'NHWC')"
             )
         raise NeurocoreError(
-            f"layer {layer!r} outputs shape {shape} but the last module that set its channels has {c}; neurocore "
-            f"cannot tell whether channels are first or last; {fix} ('NCHW' or 'NHWC')"
+            f"layer {layer!r} outputs shape {shape} but the last Linear/LayerNorm before it has {c} channels; "
+            f"neurocore cannot tell whether channels are first or last; {fix} ('NCHW' or 'NHWC')"
         )
     raise NeurocoreError(
         f"layer {layer!r} outputs a {rank}-D tensor of shape {shape}; neurocore records [B, C] features, [B, T, C] "
