@@ -427,10 +427,14 @@ def test_annotations_hint_and_single_class_folder(tmp_path):
     truth = _tiny_val(tmp_path / "val")
     ann = tmp_path / "val" / "val_annotations.txt"
     ann.write_text("".join(f"{n}\t{c}\n" for n, c in truth.items()))
-    ds = ImageFolder(tmp_path / "val")  # one class folder, "images": representable, the CLI refuses
+    with pytest.warns(UserWarning, match=r"single class folder 'images'.*For the real labels pass annotations="):
+        ds = ImageFolder(tmp_path / "val")  # one class folder, "images": representable (the CLI refuses), said
     assert ds.classes == ("images",) and set(ds.labels) == {0} and ds.annotations_hint == ann
-    assert ImageFolder(tmp_path / "val" / "images").annotations_hint == ann  # flat, the file one level up
-    assert ImageFolder(tmp_path / "val", annotations=ann).annotations_hint is None
+    with pytest.warns(UserWarning, match=r"is a flat folder \(no labels\).*annotations="):
+        assert ImageFolder(tmp_path / "val" / "images").annotations_hint == ann  # flat, the file one level up
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ImageFolder(tmp_path / "val", annotations=ann).annotations_hint is None
     _photo(tmp_path / "two" / "a" / "x.png")
     _photo(tmp_path / "two" / "b" / "x.png")
     (tmp_path / "two" / "annotations.txt").write_text("a/x.png\ta\n")
@@ -480,3 +484,25 @@ def test_image_folder_class_names(tmp_path):
     ds = ImageFolder(tmp_path)
     assert ds.classes == ("n01443537", "n02012849", "n03126707", "zebra")
     assert ds.class_names == ("goldfish", "crane (n02012849)", "crane (n03126707)", "zebra")
+
+
+def test_broken_links_and_vanished_files_are_skipped_not_fatal(tmp_path):
+    # A dangling symlink (listed, as torchvision lists it) and a file deleted after listing: the
+    # fingerprint must not crash and the recording must skip them, naming them.
+    import neurocore
+    import torchvision.transforms as T
+
+    root = tmp_path / "p"
+    for i in range(3):
+        _photo(root / "a" / f"{i}.png")
+    (root / "a" / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    ds = ImageFolder(root)
+    assert [ds.image_id(i) for i in range(len(ds))] == ["a/0.png", "a/1.png", "a/2.png", "a/broken.png"]
+    (root / "a" / "1.png").unlink()
+    fp = ds.fingerprint()
+    assert isinstance(fp, str) and len(fp) == 64
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable.*a/1.png"):
+        store = neurocore.record(model, "1", ds, transform=T.ToTensor(), top_k=1, progress=False, cache_dir=tmp_path / "c")
+    assert store.image_ids == ("a/0.png", "a/2.png")
+    assert [i for i, _ in store.skipped] == [1, 3]

@@ -484,3 +484,33 @@ def test_conv_output_permuted_to_channels_last_is_nhwc():
     store = record(model, "out", probe, top_k=1, progress=False)
     assert store.key["layouts"]["out"] == "NHWC"
     torch.testing.assert_close(store["out"].summaries, raw.mean((1, 2)), rtol=0, atol=1e-6)
+
+
+def test_indices_as_masks_and_refused_floats():
+    net = nn.Sequential(nn.Conv2d(3, 2, 1))
+    probe = [torch.rand(3, 4, 4) for _ in range(4)]
+    ref = spatial_maps(net, "0", probe, [0, 2])
+    torch.testing.assert_close(spatial_maps(net, "0", probe, torch.tensor([True, False, True, False])), ref)
+    torch.testing.assert_close(spatial_maps(net, "0", probe, [True, False, True, False]), ref)
+    with pytest.raises(NeurocoreError, match="bool sequence of the probe's length 4"):
+        spatial_maps(net, "0", probe, [True, False])
+    with pytest.raises(NeurocoreError, match="integer dataset indices.*float32"):
+        spatial_maps(net, "0", probe, torch.tensor([0.7, 2.9]))
+    with pytest.raises(NeurocoreError, match="integer dataset indices"):
+        crops(net, "0", probe, [0.5], 0)
+    with pytest.raises(NeurocoreError, match=r"grid=\(3, 3\) does not fit 17 tokens"):
+        token_grid(17, grid=(3, 3))
+
+
+def test_crops_use_the_models_prefix_tokens():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, reg_tokens=4, num_classes=3).eval()
+    assert vit.num_prefix_tokens == 5  # CLS + 4 registers, then a 4x4 patch grid
+    probe = [torch.rand(3, 64, 64) for _ in range(2)]
+    c = crops(vit, "blocks.0", probe, [0, 1], [0, 1])
+    raw = manual(vit, "blocks.0", torch.stack(probe))[:, 5:, :]  # [2, 16, 192]
+    want = raw[torch.arange(2), :, torch.tensor([0, 1])].argmax(dim=1)
+    assert (c.cells[:, 0] * 4 + c.cells[:, 1]).tolist() == want.tolist()
+    with pytest.raises(NeurocoreError, match="model has 5 leading tokens"):
+        crops(vit, "blocks.0", probe, [0], [0], grid=(3, 3))

@@ -414,6 +414,15 @@ class ImageFolder(Dataset):
         self.files: list[Path] = [Path(f) for f in files]
         self.classes: tuple[str, ...] | None = classes
         self.labels: list[int] | None = labels
+        if self.annotations_hint is not None:
+            what = (f"has the single class folder {classes[0]!r}" if classes else "is a flat folder (no labels)")
+            got = f"every image is labelled {classes[0]!r}" if classes else "its images have no labels"
+            warnings.warn(
+                f"{str(self.root)!r} {what} and an annotations file {str(self.annotations_hint)!r} near it "
+                f"(Tiny-ImageNet's val/ layout): {got}. For the real labels pass "
+                f"annotations={str(self.annotations_hint)!r}",
+                stacklevel=2,
+            )
 
     @functools.cached_property
     def class_names(self) -> tuple[str, ...] | None:
@@ -439,8 +448,12 @@ class ImageFolder(Dataset):
         when given, the annotations file's content."""
         h = hashlib.sha256()
         for f in self.files:
-            st = f.stat()
-            h.update(f"{f.relative_to(self.root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            try:
+                st = f.stat()
+                stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+            except OSError:  # a broken link or a file deleted since listing: unreadable, skipped when read
+                stamp = "missing"
+            h.update(f"{f.relative_to(self.root).as_posix()}\0{stamp}\n".encode())
         h.update(repr(self.classes).encode())
         if self.annotations is not None:
             h.update(b"annotations\0" + hashlib.sha256(self.annotations.read_bytes()).digest())

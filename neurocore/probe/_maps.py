@@ -39,7 +39,8 @@ def spatial_maps(
         model: the recorded model (eval mode and inference mode during the call, flags restored).
         layer: one module name.
         probe: the probe dataset (as given to :func:`record`).
-        indices (Tensor[n] int64 or a sequence of ints): dataset indices, in the order wanted (repeats allowed).
+        indices (Tensor[n] int64 or a sequence of ints, or a bool mask over the probe): dataset indices, in
+            the order wanted (repeats allowed); floats are refused.
         transform: the preprocessing given to :func:`record`.
         device: where the model runs; default: the device of its parameters.
         batch_size: images per forward pass.
@@ -66,7 +67,7 @@ def spatial_maps(
     modules = resolve_layers(model, layer)
     layouts = layer_layouts(layout, [layer])
     n = _probe_length(probe)
-    idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1).tolist()
+    idx = dataset_indices(indices, n).tolist()
     if not idx:
         raise NeurocoreError("indices is empty: give the dataset indices of the images whose maps you need")
     bad = [i for i in idx if not 0 <= i < n]
@@ -98,6 +99,29 @@ def spatial_maps(
     return torch.cat(maps)  # outside inference mode: a normal tensor, usable with autograd
 
 
+
+
+def dataset_indices(indices, n: int) -> torch.Tensor:
+    """``indices`` as a Tensor[k] int64 of dataset indices: integers (a sequence or tensor), or a bool
+    mask of length ``n`` (its True positions). Floats are refused rather than truncated.
+
+    Example:
+        >>> dataset_indices(torch.tensor([True, False, True]), 3).tolist(), dataset_indices([2, 0], 3).tolist()
+        ([0, 2], [2, 0])
+    """
+    t = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(list(indices) if not isinstance(indices, int) else [indices])
+    if t.dtype == torch.bool:
+        if t.dim() != 1 or t.shape[0] != n:
+            raise NeurocoreError(
+                f"indices as a mask must be a bool sequence of the probe's length {n}; got shape {tuple(t.shape)}"
+            )
+        return t.nonzero().flatten()
+    if t.is_floating_point() or t.is_complex():
+        raise NeurocoreError(
+            f"indices must be integer dataset indices (or a bool mask); got {t.dtype} values such as "
+            f"{t.reshape(-1)[:3].tolist()}: convert them with .long() only if they really are indices"
+        )
+    return t.reshape(-1).to(torch.int64)
 
 
 def _probe_length(probe) -> int:
@@ -153,13 +177,20 @@ class Crops:
     units: torch.Tensor
 
 
-def token_grid(num_tokens: int, grid: tuple[int, int] | None = None) -> tuple[int, int, int]:
+# Leading tokens a ViT may carry before its patches when the model does not say: CLS (1), CLS and
+# distillation (DeiT, 2), CLS and 4 registers (DINOv2-reg, 5).
+_MAX_PREFIX = 5
+
+
+def token_grid(num_tokens: int, grid: tuple[int, int] | None = None, prefix: int | None = None) -> tuple[int, int, int]:
     """``(prefix, h, w)``: how ``num_tokens`` tokens lay out as ``prefix`` leading tokens (CLS,
     distillation, register tokens) and an ``h × w`` patch grid (row-major, as ViTs flatten it).
 
     Args:
         num_tokens: T.
-        grid: ``(h, w)`` when known; default: the square grid left after the fewest (0..8) leading tokens.
+        grid: ``(h, w)`` when known; default: the square grid left after ``prefix`` leading tokens.
+        prefix: the number of leading tokens when the model says (timm's ``num_prefix_tokens``); default:
+            the fewest (0..5) that leave a square grid.
 
     Raises:
         NeurocoreError: no such grid (pass ``grid=``).
@@ -170,20 +201,35 @@ def token_grid(num_tokens: int, grid: tuple[int, int] | None = None) -> tuple[in
     """
     if grid is not None:
         h, w = int(grid[0]), int(grid[1])
+        if prefix is not None and num_tokens - h * w != prefix:
+            raise NeurocoreError(
+                f"grid={grid!r} leaves {num_tokens - h * w} of {num_tokens} tokens before the patches, but the model "
+                f"has {prefix} leading tokens; give the patch grid the layer really has"
+            )
         prefix = num_tokens - h * w
-        if h < 1 or w < 1 or prefix < 0:
-            raise NeurocoreError(f"grid={grid!r} does not fit {num_tokens} tokens (h·w must be at most {num_tokens})")
+        if h < 1 or w < 1 or prefix < 0 or prefix > _MAX_PREFIX:
+            raise NeurocoreError(
+                f"grid={grid!r} does not fit {num_tokens} tokens: h·w must leave 0..{_MAX_PREFIX} leading tokens "
+                f"(CLS, distillation, registers); got {prefix}. Give the patch grid the layer really has"
+            )
         return prefix, h, w
-    for prefix in range(0, min(9, num_tokens)):
+    if prefix is not None:
+        side = math.isqrt(max(num_tokens - prefix, 0))
+        if side * side != num_tokens - prefix or side == 0:
+            raise NeurocoreError(
+                f"{num_tokens} tokens minus the model's {prefix} leading tokens do not form a square grid; pass grid=(h, w)"
+            )
+        return prefix, side, side
+    for prefix in range(0, min(_MAX_PREFIX + 1, num_tokens)):
         side = math.isqrt(num_tokens - prefix)
         if side * side == num_tokens - prefix and side > 0:
             return prefix, side, side
     raise NeurocoreError(
-        f"{num_tokens} tokens do not form a square patch grid after 0..8 leading tokens; pass grid=(h, w)"
+        f"{num_tokens} tokens do not form a square patch grid after 0..5 leading tokens; pass grid=(h, w)"
     )
 
 
-def cell_maps(maps: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+def cell_maps(maps: torch.Tensor, grid: tuple[int, int] | None = None, prefix: int | None = None) -> torch.Tensor:
     """Layer outputs as per-neuron 2-D maps: ``[n, C, h, w]`` maps unchanged, ``[n, T, C]`` tokens as the
     patch grid (leading tokens dropped, see :func:`token_grid`).
 
@@ -194,7 +240,7 @@ def cell_maps(maps: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.
     if maps.dim() == 4:
         return maps
     if maps.dim() == 3:
-        prefix, h, w = token_grid(maps.shape[1], grid)
+        prefix, h, w = token_grid(maps.shape[1], grid, prefix)
         return maps[:, prefix:, :].transpose(1, 2).reshape(maps.shape[0], maps.shape[2], h, w)
     raise NeurocoreError(
         f"crops need a spatial layer ([n, C, H, W] maps or [n, T, C] tokens); got a {maps.dim()}-D output of shape "
@@ -278,7 +324,7 @@ def crops(
         >>> c.images.shape, c.boxes.shape
         (torch.Size([2, 3, 16, 16]), torch.Size([2, 4]))
     """
-    idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+    idx = dataset_indices(indices, probe_length(probe))
     units_t = torch.as_tensor(units, dtype=torch.int64).reshape(-1)
     if units_t.numel() == 1 and idx.numel() > 1:
         units_t = units_t.expand(idx.numel())
@@ -288,6 +334,7 @@ def crops(
     maps = cell_maps(
         spatial_maps(model, layer, probe, order, transform=transform, device=device, batch_size=batch_size, layout=layout),
         grid,
+        _prefix_tokens(model),
     )
     C, h, w = maps.shape[1:]
     if units_t.numel() and (int(units_t.min()) < 0 or int(units_t.max()) >= C):
@@ -305,6 +352,16 @@ def crops(
         region = images[pos[j], :, y0:y1, x0:x1].float()
         out.append(F.interpolate(region[None], size=(H, W), mode="bilinear", align_corners=False)[0])
     return Crops(torch.stack(out), boxes, cells, values, idx, units_t)
+
+
+def _prefix_tokens(model) -> int | None:
+    """Leading (non-patch) tokens the model declares: timm's ``num_prefix_tokens``, torchvision's ViT CLS."""
+    n = getattr(model, "num_prefix_tokens", None)
+    if isinstance(n, int):
+        return n
+    if hasattr(model, "class_token") and hasattr(model, "encoder"):  # torchvision VisionTransformer
+        return 1
+    return None
 
 
 def _input_tensor(probe, index: int, transform) -> torch.Tensor:
