@@ -393,3 +393,27 @@ def test_compositional_top_concepts_never_other_neurons_candidates():
     for n in ex:
         assert len(n.concepts) == 3 and all(math.isfinite(v) for v in n.scores)  # 2 singles + 1 pair
         assert set(n.concepts) <= {"red", "round", "red round", "round red"}
+
+
+@pytest.mark.parametrize("similarity", ["soft_wpmi", "wpmi", "cos", "cos_cubed", "rank_reorder"])
+def test_a_concept_no_image_shows_never_labels_a_neuron(similarity):
+    # An empty class folder gives an all-zero label column; under SoftWPMI it used to win (score 0.0 beats
+    # the real concepts' negative scores). Constant columns carry no evidence and are left out, said once.
+    import torch.nn.functional as F
+
+    from neurocore.concepts import ConceptScores
+    from neurocore.methods.clip_dissect import ClipDissect
+    from neurocore.probe import ActivationStore
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    sims = F.one_hot(labels, 3).float()  # column "ghost" is all zeros
+    acts = torch.rand(200, 4, generator=g)
+    store = ActivationStore.from_tensor(acts, "0", top_k=100)
+    scores = ConceptScores.from_tensor(sims, ["a", "b", "ghost"])
+    with pytest.warns(UserWarning, match=r"1 concept\(s\) have the same score on every probe image.*'ghost'"):
+        ex = ClipDissect(similarity=similarity).explain(store, scores)
+    assert all(n.description in ("a", "b") for n in ex)
+    assert all("ghost" not in n.concepts for n in ex)
+    with pytest.raises(NeurocoreError, match="every concept has the same score"):
+        ClipDissect(similarity=similarity).explain(store, ConceptScores.from_tensor(torch.zeros(200, 2), ["x", "y"]))

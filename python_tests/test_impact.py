@@ -332,3 +332,25 @@ def test_efficientnet_lite0_real_images():
     first = units[int(ok.nonzero()[0])]
     hooked = top_impact(model=net, head=Head("bn2"), probe=probe, units=[first], return_impacts=True, batch_size=5, progress=False)
     assert torch.allclose(hooked.impacts[:, 0], fast.impacts[:, units.index(first)], atol=1e-5)
+
+
+def test_dead_threshold_minus_inf_keeps_signed_neurons():
+    # One definition of "dead" everywhere (max activation < 0.01, the published rule); on a signed layer
+    # an always-negative neuron that does change the loss is evaluated with dead_threshold=-inf.
+    import math
+
+    from neurocore.probe import dead_neurons
+
+    torch.manual_seed(0)
+    feats = torch.randn(40, 3)
+    feats[:, 1] = -1.0 - feats[:, 1].abs()  # always negative, varying
+    feats[:, 2] = 0.001 * torch.rand(40)
+    assert dead_neurons(feats).tolist() == [False, True, True]
+    assert dead_neurons(feats, -math.inf).tolist() == [False, False, False]
+    fc = nn.Linear(3, 2)
+    labels = (feats[:, 1] < -1.5).long()
+    ti = top_impact(feats, head=Head("f", pooled=fc), labels=labels, return_impacts=True, progress=False)
+    assert ti.status[1] == "dead"
+    kept = top_impact(feats, head=Head("f", pooled=fc), labels=labels, return_impacts=True, progress=False,
+                      dead_threshold=-math.inf)
+    assert kept.status[1] != "dead" and not torch.isnan(kept.top_impact[1]).any()

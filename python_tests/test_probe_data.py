@@ -506,3 +506,20 @@ def test_broken_links_and_vanished_files_are_skipped_not_fatal(tmp_path):
         store = neurocore.record(model, "1", ds, transform=T.ToTensor(), top_k=1, progress=False, cache_dir=tmp_path / "c")
     assert store.image_ids == ("a/0.png", "a/2.png")
     assert [i for i, _ in store.skipped] == [1, 3]
+
+
+def test_space_separated_annotations_with_multiword_classes_warn(tmp_path):
+    root = tmp_path / "val"
+    _photo(root / "images" / "a.jpg", fmt="JPEG")
+    _photo(root / "images" / "b.jpg", fmt="JPEG")
+    ann = tmp_path / "ann.txt"
+    ann.write_text("a.jpg great white shark\nb.jpg tench\n")
+    with pytest.warns(UserWarning, match=r"space-separated and 1 line\(s\) have words after the class"):
+        ds = ImageFolder(root, annotations=ann)
+    assert ds.classes == ("great", "tench")
+    ann.write_text("a.jpg shark 0 0 10 10\nb.jpg tench 1 2 3 4\n")  # numeric extra columns (boxes): fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ImageFolder(root, annotations=ann).classes == ("shark", "tench")
+    ann.write_text("a.jpg\tgreat white shark\nb.jpg\ttench\n")
+    assert ImageFolder(root, annotations=ann).classes == ("great white shark", "tench")

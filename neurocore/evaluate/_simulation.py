@@ -44,7 +44,7 @@ from neurocore.evaluate._inputs import (
 )
 from neurocore.probe._replace import Head, _Runner, _Split, head_after
 from neurocore.methods._base import Explanations, NeuronExplanation
-from neurocore.probe._store import DEAD_THRESHOLD, ActivationStore, LayerActivations
+from neurocore.probe._store import DEAD_THRESHOLD, ActivationStore, LayerActivations, dead_neurons
 
 # The key of Explanations.params naming the ConceptScores.source the explainer used.
 CONCEPT_SOURCE_KEY = "concept_source"
@@ -326,7 +326,7 @@ def _layer_acts(acts, layer: str, dead_threshold: float) -> tuple[torch.Tensor, 
         a = acts.detach().cpu()
         if not torch.isfinite(a).all():
             raise NeurocoreError("acts contain NaN or inf")
-        return a, (a.amax(0) < dead_threshold) if a.shape[0] else torch.ones(a.shape[1], dtype=torch.bool)
+        return a, dead_neurons(a, dead_threshold)
     raise NeurocoreError(f"acts must be an ActivationStore, LayerActivations or Tensor[N, K]; got {type(acts).__name__}")
 
 
@@ -663,9 +663,9 @@ def ablation_score(
         C = prep_val.acts.shape[1]
         units = _check_units([n.unit for n in neurons], C, layer)
         if spec.summaries is not None:
-            dead = (spec.summaries.amax(0) < dead_threshold)[units]
+            dead = dead_neurons(spec.summaries, dead_threshold)[units]
         else:
-            dead = (torch.cat([prep_val.acts, prep_test.acts]).amax(0) < dead_threshold)[units]
+            dead = dead_neurons(torch.cat([prep_val.acts, prep_test.acts]), dead_threshold)[units]
         mu = prep_val.acts[:, units].double().mean(0)
         status = []
         for k in range(K):

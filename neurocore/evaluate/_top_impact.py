@@ -24,7 +24,7 @@ from neurocore.evaluate._inputs import (
     _units,
 )
 from neurocore.probe._replace import Head, _Runner, head_after
-from neurocore.probe._store import DEAD_THRESHOLD
+from neurocore.probe._store import DEAD_THRESHOLD, dead_neurons
 
 # Top Impact fractions of Table 1 of the paper.
 DEFAULT_BETAS = (0.0003, 0.002, 0.02, 0.1, 0.5)
@@ -45,7 +45,7 @@ class TopImpact:
             whose zero-ablation changes nothing (Σ|I_k| = 0).
         total_impact (Tensor[K], float64): ``Σ_x I_k(x)``: the neuron's net contribution to the model's
             accuracy and loss, as a fraction of the model's totals (positive: the neuron helps).
-        dead (Tensor[K], bool): max activation < the dead threshold.
+        dead (Tensor[K], bool): max activation < the dead threshold (:func:`~neurocore.probe.dead_neurons`).
         status: per neuron ``"ok"``, ``"dead"`` or ``"no_effect"``.
         impacts (Tensor[n, K], float64) or None: ``I_k(x)`` per evaluated image (``return_impacts=True``).
     """
@@ -171,7 +171,7 @@ def top_impact(
         temperature: cross-entropy temperature (1.1, the paper's calibration for ResNet-50).
         neuron_batch: neurons ablated together.
         batch_size: images per batch.
-        dead_threshold: a neuron with max activation below this is dead: reported and skipped.
+        dead_threshold: a neuron with max activation below this is dead: reported and skipped (-inf: none; for signed layers).
         return_impacts: keep the per-image impacts ``Tensor[n, K]``.
         progress: a tqdm bar over neuron batches.
 
@@ -218,7 +218,7 @@ def top_impact(
         order_acts = spec.summaries[rows] if spec.summaries is not None else split.acts
         if spec.summaries is not None and spec.summaries.shape[1] != C:
             raise NeurocoreError(f"the store has {spec.summaries.shape[1]} neurons but the layer output has {C}")
-        dead_all = (spec.summaries.amax(0) if spec.summaries is not None else split.acts.amax(0)) < dead_threshold
+        dead_all = dead_neurons(spec.summaries if spec.summaries is not None else split.acts, dead_threshold)
         dead = dead_all[units_t]
         total_correct = float(split.base_correct.double().sum())
         total_loss = float(split.base_ce.double().sum())

@@ -775,6 +775,21 @@ class ClipDissect:
             top = layer_acts.top_indices if need and layer_acts.top_indices.shape[0] >= min(need, store.num_images) else None
             return scores(sims_used, layer_acts.summaries, self.similarity, top_indices=top, **sim_params)
 
+        # A concept whose score is the same on every probe image (a class with no images, an empty
+        # column) carries no evidence about any neuron, yet SoftWPMI's marginal can rank it first.
+        constant = (sims.amax(dim=0) == sims.amin(dim=0)) if sims.shape[0] else torch.zeros(len(concepts), dtype=torch.bool)
+        if bool(constant.all()):
+            raise NeurocoreError(
+                "every concept has the same score on every probe image: the scores say nothing about the images; "
+                "check the concept scores (e.g. labels of one class only)"
+            )
+        if bool(constant.any()):
+            left_out = [concepts[i] for i in constant.nonzero().flatten().tolist()]
+            warnings.warn(
+                f"{len(left_out)} concept(s) have the same score on every probe image and cannot describe a neuron "
+                f"(no image shows them, e.g. an empty class folder): {left_out[:5]}; they are left out of the labels",
+                stacklevel=2,
+            )
         composite_cache: dict[str, torch.Tensor] = {}
         neurons: list[NeuronExplanation] = []
         iterator = names
@@ -786,6 +801,9 @@ class ClipDissect:
             la = store[name]
             K = la.num_neurons
             sc = layer_scores(la, sims)
+            if bool(constant.any()):
+                sc = sc.clone()
+                sc[:, constant.to(sc.device)] = -math.inf
             column_names, allowed = concepts, None
             if self.compositional and K:
                 sc, column_names, allowed = self._with_composites(
@@ -862,8 +880,9 @@ class ClipDissect:
                 out.append(NeuronExplanation(la.layer, k, "", math.nan, interpretable=False, dead=bool(dead[k]), **refs))
                 continue
             keep = n_top if allowed is None else min(n_top, int(allowed[k]))
-            vals = top_vals[:keep, k].tolist()
-            labels = tuple(names[i] for i in top_idx[:keep, k].tolist())
+            finite = [j for j in range(keep) if top_vals[j, k] > -math.inf]  # concepts left out score -inf
+            vals = top_vals[finite, k].tolist()
+            labels = tuple(names[top_idx[j, k]] for j in finite)
             interpretable = not bool(dead[k]) and (threshold is None or vals[0] > threshold)
             out.append(
                 NeuronExplanation(

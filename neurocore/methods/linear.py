@@ -36,7 +36,7 @@ from neurocore._alignment import check_same_images
 from neurocore._split import Split, split_indices
 from neurocore.methods._base import Explanations, NeuronExplanation, probe_identity, register_method, top_image_refs
 from neurocore.methods._linear_learn import DEFAULT_ETA, DEFAULT_LAM, GreedyResult, elastic_net, greedy_search, rank_concepts
-from neurocore.probe._store import DEAD_THRESHOLD, ActivationStore
+from neurocore.probe._store import DEAD_THRESHOLD, ActivationStore, dead_neurons
 
 __all__ = [
     "LinearExplanations",
@@ -339,7 +339,7 @@ class LinearExplanations:
         if not torch.isfinite(A).all():
             raise NeurocoreError(f"activations of layer {la.layer!r} contain NaN or inf; check the model and inputs")
         K = A.shape[1]
-        dead = (A.amax(0) < self.dead_threshold) if A.shape[0] else torch.ones(K, dtype=torch.bool)
+        dead = dead_neurons(A, self.dead_threshold)
         alive = (~dead).nonzero().flatten()
         results: list[GreedyResult] = []
         test_corr = torch.zeros(0, dtype=torch.float64)

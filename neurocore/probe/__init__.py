@@ -12,7 +12,7 @@ from neurocore.probe._maps import Crops, cell_maps, crop_boxes, crops, spatial_m
 from neurocore.probe._record import record
 from neurocore.probe._replace import Head, ReplacementRunner, head_after, replace_units
 from neurocore.probe._recorder import ActivationRecorder
-from neurocore.probe._store import DEAD_THRESHOLD, ActivationStore, LayerActivations
+from neurocore.probe._store import DEAD_THRESHOLD, ActivationStore, LayerActivations, dead_neurons
 
 __all__ = [
     "record",
@@ -36,6 +36,7 @@ __all__ = [
     "ActivationStore",
     "LayerActivations",
     "DEAD_THRESHOLD",
+    "dead_neurons",
     "SUMMARIES",
     "resolve_layers",
     "summarise",

@@ -248,7 +248,27 @@ def _read_annotations(path: Path) -> list[tuple[int, str, str, str]]:
                 f"annotations={str(path)!r}, line {n}: expected 'file<TAB or comma or spaces>class'; got {line[:100]!r}"
             )
         rows.append((n, fields[0], fields[1], line))
+    if split is str.split:
+        # Space-separated: a multi-word class ("great white shark") would be cut to its first word. Extra
+        # columns are fine when they are numbers (boxes); words there are most likely the class's rest.
+        wordy = [(n, line) for n, line in lines if any(not _is_number(f) for f in line.split()[2:])]
+        if wordy:
+            n, line = wordy[0]
+            warnings.warn(
+                f"annotations={str(path)!r} is space-separated and {len(wordy)} line(s) have words after the class "
+                f"(line {n}: {line[:80]!r}); only the first word is taken as the class. Separate the file and its "
+                "class with a tab or a comma to keep multi-word class names",
+                stacklevel=4,
+            )
     return rows
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _from_annotations(root: Path, annotations: Path, exts):

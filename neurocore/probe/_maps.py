@@ -110,6 +110,8 @@ def dataset_indices(indices, n: int) -> torch.Tensor:
         ([0, 2], [2, 0])
     """
     t = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(list(indices) if not isinstance(indices, int) else [indices])
+    if t.numel() == 0:
+        return torch.empty(0, dtype=torch.int64)
     if t.dtype == torch.bool:
         if t.dim() != 1 or t.shape[0] != n:
             raise NeurocoreError(

@@ -177,7 +177,7 @@ def record(
         if dead.any():
             warnings.warn(
                 f"layer {name!r}: {int(dead.sum())} of {dead.numel()} neurons are dead (max activation < 0.01 "
-                f"over the probe set); store[{name!r}].dead() marks them",
+                f"over the probe set; on a signed layer, negative neurons count too); store[{name!r}].dead() marks them",
                 stacklevel=2,
             )
     return store

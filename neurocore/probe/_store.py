@@ -17,6 +17,24 @@ from neurocore._io import read_meta, read_result, write_result
 DEAD_THRESHOLD = 0.01  # ALGORITHMS.md §2: a neuron is dead when its max activation is below this
 
 
+def dead_neurons(acts: torch.Tensor, threshold: float = DEAD_THRESHOLD) -> torch.Tensor:
+    """Tensor[K] bool: the dead neurons of ``acts (Tensor[N, K])``: max activation below ``threshold``
+    over the N images (the published rule, ALGORITHMS.md §2; every method and evaluation uses this one
+    definition). No image: every neuron is dead.
+
+    The rule is written for non-negative (post-ReLU) activations. On a signed layer (pre-activations,
+    batch-norm outputs before a residual add) a neuron that is negative on every image counts as dead
+    although it varies; pass ``threshold=-math.inf`` (``dead_threshold=`` of the callers) to keep them.
+
+    Example:
+        >>> dead_neurons(torch.tensor([[0.0, -2.0, 0.5], [0.005, -1.0, 0.0]])).tolist()
+        [True, True, False]
+    """
+    if acts.shape[0] == 0:
+        return torch.ones(acts.shape[1], dtype=torch.bool)
+    return acts.amax(dim=0) < threshold
+
+
 @dataclass(frozen=True)
 class LayerActivations:
     """One layer's recorded activations.
@@ -44,10 +62,8 @@ class LayerActivations:
         return self.summaries.shape[1]
 
     def dead(self, threshold: float = DEAD_THRESHOLD) -> torch.Tensor:
-        """Tensor[K] bool: neurons whose max activation over the probe set is below ``threshold``."""
-        if self.num_images == 0:
-            return torch.ones(self.num_neurons, dtype=torch.bool)
-        return self.summaries.amax(dim=0) < threshold
+        """Tensor[K] bool: neurons whose max activation over the probe set is below ``threshold`` (:func:`dead_neurons`)."""
+        return dead_neurons(self.summaries, threshold)
 
 
 @dataclass(frozen=True)
@@ -108,7 +124,7 @@ class ActivationStore:
         return layer in self.layers
 
     def dead(self, threshold: float = DEAD_THRESHOLD) -> dict[str, torch.Tensor]:
-        """layer -> Tensor[K] bool: the dead neurons of every layer (max activation below ``threshold``)."""
+        """layer -> Tensor[K] bool: the dead neurons of every layer (:func:`dead_neurons`)."""
         return {name: acts.dead(threshold) for name, acts in self.layers.items()}
 
     def save(self, directory: str | os.PathLike) -> Path:
