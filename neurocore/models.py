@@ -342,6 +342,15 @@ def _load_user_file(path: Path, missing_name: str, option: str, as_what: str, fi
     NeurocoreError naming the option and how to save the file right."""
     if not path.is_file():
         raise NeurocoreError(f"{missing_name} {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK\x03\x04) or, in the legacy format, a pickle (protocol byte 0x80):
+    # anything else (a text file, an image) gets this message rather than torch's unpickling advice.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise NeurocoreError(
+            f"cannot read {option} {str(path)!r}{as_what}: it is not a file written by torch.save (it starts with "
+            f"{head!r}); {fix}"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -209,3 +209,14 @@ def test_real_efficientnet_lite0_weights_load_by_order():
     assert correct >= 11, (correct, predicted, [label for _, label in samples])  # measured 12 of 12
     with pytest.raises(NeurocoreError, match="247 missing keys.*296 unexpected keys.*key_map='order'"):
         load_model("tf_efficientnet_lite0", weights)
+
+
+@pytest.mark.parametrize("content", [b"hello weights\n", b"\x89PNG\r\n\x1a\n", b""])
+def test_weights_that_are_not_torch_files_say_so(tmp_path, content):
+    from neurocore.models import read_state_dict
+
+    path = tmp_path / "w.pt"
+    path.write_bytes(content)
+    with pytest.raises(NeurocoreError, match="not a file written by torch.save") as info:
+        read_state_dict(path)
+    assert "weights_only=False" not in str(info.value)
