@@ -15,6 +15,8 @@ from neurocore._extension import ExtensionError, built_with_cuda
 from neurocore.concepts import ConceptScores, load_concepts
 from neurocore.methods import Explanations, NeuronExplanation, dissect, get_method, list_methods, load
 from neurocore.methods.linear import explain_linear
+from neurocore.methods.www import www
+from neurocore.methods.hint import hint
 from neurocore.probe import ActivationStore, ImageFolder, record, spatial_maps
 
 __version__ = "0.1.0"
@@ -28,6 +30,8 @@ __all__ = [
     "load_concepts",
     "dissect",
     "explain_linear",
+    "www",
+    "hint",
     "Explanations",
     "NeuronExplanation",
     "load",

@@ -235,3 +235,37 @@ def test_demo_rejects_bad_settings():
         run_demo(None, similarity="nope", progress=False)
     with pytest.warns(DeprecationWarning, match="method= is deprecated"), pytest.raises(NeurocoreError, match="unknown similarity"):
         run_demo(None, method="nope", progress=False)  # the old keyword still reaches the setting
+
+
+# -- object masks, boxes, the class hierarchy and HINT (issue 9) ------------------------------------
+
+
+def test_masks_and_boxes_are_the_drawn_objects(world):
+    data = world.sample(2, seed=3)
+    assert data.masks.shape == (len(data), 32, 32) and data.masks.dtype == torch.bool
+    # the mask is exactly where the image differs from its background grey (beyond the noise)
+    from neurocore.demo._world import _BACKGROUND_LEVEL
+
+    level = torch.tensor([_BACKGROUND_LEVEL[world.backgrounds[b]] for b in data.attributes[:, 3].tolist()])
+    off = (data.images - level.view(-1, 1, 1, 1)).abs().amax(1) > 0.15
+    assert (off == data.masks).float().mean() > 0.99
+    for i in range(len(data)):
+        x0, y0, x1, y1 = data.boxes[i].tolist()
+        ys, xs = data.masks[i].nonzero().unbind(1)
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max(), ys.max())
+    sub = data.subset([3, 1])
+    assert torch.equal(sub.masks, data.masks[[3, 1]])
+
+
+def test_hierarchy_covers_the_classes(world):
+    h = world.hierarchy
+    assert h["object"] == world.classes
+    assert set(h["round"]) == {f"{c} {s}" for s in ("circle", "ring") for c in world.colours}
+    assert all(set(h[s]) <= set(h["object"]) for s in world.shapes)
+
+
+def test_demo_runs_hint_small():
+    r = run_demo(None, **SMALL)
+    assert r.hint is not None and r.hint.layer == "block3"
+    assert set(r.hint.localization.index) == {10, 20, 40, 80, 100}
+    assert r.hint.explanations.method == "hint" and len(r.hint.explanations) == 64

@@ -38,7 +38,12 @@ LAYERS = ("colours", "backgrounds")
 
 # Settings that suit exact 0/1 concept scores (the demo's reason, neurocore.demo.run_demo: SoftWPMI's
 # marginal saturates on 0/1 scores and ties several concepts; WPMI ranks them). Defaults otherwise.
-DEMO_SETTINGS = {"clip_dissect": {"similarity": "wpmi"}}
+DEMO_SETTINGS = {
+    "clip_dissect": {"similarity": "wpmi"},
+    # HINT: the planted net's outputs are spatial means (not the probe's classes), so its saliency is the
+    # sum of all logits, times the input (a plain or guided gradient of a mean is flat: no region).
+    "hint": {"saliency": "gradient_x_input", "target": "logit_sum", "max_cells": 500},
+}
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,16 @@ whose meaning is fixed by construction.
 
 from neurocore.demo._model import ConceptWorldCNN, PlantedConceptNet, TrainingResult, train_cnn
 from neurocore.probe._cache import weights_digest
-from neurocore.demo._run import DEFAULT_OUT, DEMO_LAYERS, DemoResult, derive_seed, label_precision, run_demo
+from neurocore.demo._run import (
+    DEFAULT_OUT, DEMO_LAYERS, DemoResult, HintDemo, derive_seed, label_precision, run_demo, run_hint_demo,
+)
 from neurocore.demo._world import BACKGROUNDS, COLOURS, SHAPES, TEXTURES, ConceptWorld, WorldImages
 
 __all__ = [
     "run_demo",
     "DemoResult",
+    "run_hint_demo",
+    "HintDemo",
     "DEMO_LAYERS",
     "DEFAULT_OUT",
     "derive_seed",

@@ -43,6 +43,9 @@ class DemoResult:
             ``dissection``, ``report``).
         out_dir: where the files went (None when nothing was written).
         report: the HTML page (None when nothing was written).
+        hint: :class:`HintDemo`: HINT on ``block3`` over the world's class hierarchy and its
+            localisation of ``"object"`` against the planted boxes (None with fewer than 2 probe
+            images per class).
     """
 
     world: ConceptWorld
@@ -58,6 +61,7 @@ class DemoResult:
     seconds: dict[str, float]
     out_dir: Path | None
     report: Path | None
+    hint: Any = None
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -185,6 +189,10 @@ def run_demo(
     lap("dissection")  # the pipeline's scores and explanation stages, and the ground-truth checks
     seconds["recording"] = run.seconds["recording"]
     seconds["dissection"] -= seconds["recording"]
+    hint_demo = None
+    if probe_per_class >= 2:
+        hint_demo = run_hint_demo(model, world, probe, per_class=min(8, probe_per_class // 2), seed=seed)
+    lap("hint")
 
     report = None
     out = None
@@ -217,13 +225,17 @@ def run_demo(
             "probe_accuracy": probe_accuracy,
             "final_layer_accuracy": final,
             "label_precision": precision,
+            "hint_localization": None if hint_demo is None else {
+                "layer": hint_demo.layer, "concept": "object", "test_images": hint_demo.num_test,
+                "table": {str(p): row for p, row in hint_demo.localization.to_dict("index").items()},
+            },
             "seconds": seconds,
             "torch": torch.__version__,
         }
         (out / "demo.json").write_text(json.dumps(info, indent=1))
     return DemoResult(
         world, probe, training, probe_accuracy, store, concept_scores, explanations, final, precision, summary,
-        seconds, out, report,
+        seconds, out, report, hint_demo,
     )
 
 
@@ -264,3 +276,75 @@ def label_precision(explanations, concept_scores, n_images: int | None = None) -
             shares.append(float((scores[rows, column[n.description]] > 0.5).float().mean()))
         out[layer] = sum(shares) / len(shares) if shares else float("nan")
     return out
+
+
+@dataclass(frozen=True)
+class HintDemo:
+    """HINT on the demo's CNN, scored against the planted object boxes.
+
+    Attributes:
+        layer: the explained layer.
+        explanations: :class:`~neurocore.methods.Explanations` of HINT over the world's hierarchy.
+        localization: ``pandas.DataFrame`` of :func:`neurocore.evaluate.localization_accuracy` for the
+            root concept ``"object"`` (rows: percent of neurons by Φ).
+        num_test: test images (with planted boxes) the localisation was scored on.
+    """
+
+    layer: str
+    explanations: Any
+    localization: Any
+    num_test: int
+
+
+def run_hint_demo(model, world: ConceptWorld, probe: WorldImages, *, layer: str = "block3", per_class: int = 8,
+                  concept: str = "object", percents=(10, 20, 40, 80, 100), seed: int = 0,
+                  progress: bool = False) -> HintDemo:
+    """HINT on a trained demo CNN: concepts = the world's class hierarchy (:attr:`ConceptWorld.hierarchy`),
+    classifiers and Φ from the first ``per_class`` probe images of every class, localisation of ``concept``
+    on the next ``per_class`` images against their planted object boxes.
+
+    Args:
+        model: the trained :class:`~neurocore.demo.ConceptWorldCNN`.
+        world, probe: the world and its probe images (class-major, as :meth:`ConceptWorld.sample` draws them).
+        layer: the layer explained. per_class: images per class for fitting and for testing.
+        concept: the concept localised. percents: shares of neurons by Φ. seed: HINT's seed.
+        progress: progress bars.
+
+    Returns:
+        :class:`HintDemo`.
+
+    Example:
+        >>> from neurocore.demo import train_cnn
+        >>> world = ConceptWorld(); probe = world.sample(2, seed=1)
+        >>> cnn = train_cnn(probe.images, probe.labels, 24, epochs=1, progress=False).model
+        >>> run_hint_demo(cnn, world, probe, per_class=1, percents=(100,)).localization.index.tolist()
+        [100]
+    """
+    from neurocore.evaluate import localization_accuracy
+    from neurocore.methods.hint import ConceptHierarchy, Hint, contribution_matrix
+    from neurocore.probe import record
+
+    per = len(probe) // len(world.classes)
+    if per < 2 * per_class or probe.masks is None:
+        raise NeurocoreError(
+            f"run_hint_demo needs {2 * per_class} probe images per class with object masks; got {per} per class"
+        )
+    starts = torch.arange(len(world.classes)) * per
+    fit_idx = (starts[:, None] + torch.arange(per_class)).reshape(-1)
+    test_idx = (starts[:, None] + per_class + torch.arange(per_class)).reshape(-1)
+    fit, test = probe.subset(fit_idx), probe.subset(test_idx)
+    hierarchy = ConceptHierarchy.from_groups(world.classes, world.hierarchy)
+    ids = [fit.image_id(i) for i in range(len(fit))]
+    scores = hierarchy.concept_scores(fit.labels, image_ids=ids)
+    store = record(model, [layer], fit, batch_size=256, progress=False)
+    method = Hint(seed=seed)
+    explanations = method.explain(store, scores, model=model, probe=fit, progress=progress)
+    member = scores.scores
+    _, _, cells, labels = method.layer_cells(model, layer, fit, range(len(fit)), member)
+    test_member = hierarchy.concept_scores(test.labels).scores
+    test_maps, _, _, _ = method.layer_cells(model, layer, test, range(len(test)), test_member)
+    e = hierarchy.names.index(concept)
+    phi = torch.tensor(contribution_matrix(explanations, layer)[concept].to_numpy())
+    table = localization_accuracy(cells, labels[:, e], phi, test_maps, test.boxes, (world.image_size,) * 2,
+                                  percents=percents, seed=seed)
+    return HintDemo(layer, explanations, table, len(test))

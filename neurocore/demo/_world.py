@@ -126,13 +126,42 @@ class ConceptWorld:
             ],
             dim=1,
         )
-        images = _draw(self, attributes, g)
-        return WorldImages(self, images, labels, attributes, seed)
+        images, masks = _draw(self, attributes, g)
+        return WorldImages(self, images, labels, attributes, seed, masks=masks)
+
+    @property
+    def hierarchy(self) -> dict[str, tuple[str, ...]]:
+        """The class hierarchy above the ``"<colour> <shape>"`` classes: node name -> its leaf classes.
+
+        Three levels above the leaves: ``"object"`` (every class), the shape families ``"round"``
+        (circle, ring), ``"angular"`` (square, triangle, diamond) and ``"cross"``, then one node per
+        shape (``"circle"``: its classes of every colour). A family without any of the world's shapes
+        is left out. It is HINT's concept hierarchy with exact answers: the object mask of an image
+        is the region of every node on its class's path to the root
+        (:class:`~neurocore.methods.hint.ConceptHierarchy.from_groups`).
+
+        Example:
+            >>> ConceptWorld().hierarchy["round"][:3]
+            ('red circle', 'green circle', 'blue circle')
+        """
+        out: dict[str, tuple[str, ...]] = {"object": self.classes}
+        for family, members in _SHAPE_FAMILIES.items():
+            leaves = tuple(f"{c} {s}" for s in self.shapes if s in members for c in self.colours)
+            if leaves and family not in self.shapes:
+                out[family] = leaves
+        for s in self.shapes:
+            out[s] = tuple(f"{c} {s}" for c in self.colours)
+        return out
 
 
-def _draw(world: ConceptWorld, attributes: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+# Shape families (the level between "object" and the shapes in ConceptWorld.hierarchy).
+_SHAPE_FAMILIES = {"round": ("circle", "ring"), "angular": ("square", "triangle", "diamond"), "cross": ("cross",)}
+
+
+def _draw(world: ConceptWorld, attributes: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Render ``attributes (Tensor[N, 4])`` (shape, colour, texture, background indices) to
-    ``Tensor[N, 3, S, S]`` in [0, 1], vectorised over images."""
+    ``Tensor[N, 3, S, S]`` in [0, 1], vectorised over images, and the object masks ``Bool[N, S, S]``
+    (the pixels of the shape)."""
     n, size = attributes.shape[0], world.image_size
     shape_i, colour_i, texture_i, background_i = attributes.unbind(1)
     # Radius 28-40% of the image: big enough for a texture to show, small enough to move around.
@@ -181,7 +210,7 @@ def _draw(world: ConceptWorld, attributes: torch.Tensor, g: torch.Generator) -> 
     level = torch.tensor([_BACKGROUND_LEVEL[b] for b in world.backgrounds])[background_i]  # [N]
     fill = rgb.view(n, 3, 1, 1) * torch.where(dark_mask, _DARK_SHADE, 1.0).unsqueeze(1)
     image = torch.where(shape_mask.unsqueeze(1), fill, level.view(n, 1, 1, 1))
-    return (image + noise).clamp_(0.0, 1.0)
+    return (image + noise).clamp_(0.0, 1.0), shape_mask
 
 
 class WorldImages(Dataset):
@@ -195,14 +224,42 @@ class WorldImages(Dataset):
         labels (Tensor[N], int64): class indices into ``world.classes``.
         attributes (Tensor[N, 4], int64): shape, colour, texture and background index of each image.
         seed: the seed they were drawn with.
+        masks (Bool[N, S, S] or None): the object's pixels in each image (the planted truth of
+            localisation); None for images made without them.
     """
 
-    def __init__(self, world: ConceptWorld, images, labels, attributes, seed: int):
+    def __init__(self, world: ConceptWorld, images, labels, attributes, seed: int, masks=None):
         self.world = world
         self.images = images
         self.labels = labels
         self.attributes = attributes
         self.seed = seed
+        self.masks = masks
+
+    @property
+    def boxes(self) -> torch.Tensor:
+        """``Tensor[N, 4]`` int64: each object's bounding box ``(x0, y0, x1, y1)`` in inclusive pixel
+        coordinates (as Tiny-ImageNet's and ImageNet's box files), from :attr:`masks`.
+
+        Raises:
+            NeurocoreError: the images have no masks.
+
+        Example:
+            >>> data = ConceptWorld().sample(1, seed=0)
+            >>> box = data.boxes[0].tolist()
+            >>> bool(data.masks[0, box[1]:box[3] + 1, box[0]:box[2] + 1].sum() == data.masks[0].sum())
+            True
+        """
+        if self.masks is None:
+            raise NeurocoreError("these WorldImages have no object masks; draw them with ConceptWorld.sample")
+        rows, cols = self.masks.any(2), self.masks.any(1)  # [N, S]: a row / column holds object pixels
+        idx = torch.arange(self.masks.shape[-1])
+        big = self.masks.shape[-1]
+        x0 = torch.where(cols, idx, big).min(1).values
+        x1 = torch.where(cols, idx, -1).max(1).values
+        y0 = torch.where(rows, idx, big).min(1).values
+        y1 = torch.where(rows, idx, -1).max(1).values
+        return torch.stack([x0, y0, x1, y1], dim=1)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -249,7 +306,8 @@ class WorldImages(Dataset):
     def subset(self, indices: Sequence[int] | torch.Tensor) -> WorldImages:
         """The images at ``indices`` (a new dataset; this one is unchanged)."""
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        return WorldImages(self.world, self.images[idx], self.labels[idx], self.attributes[idx], self.seed)
+        masks = None if self.masks is None else self.masks[idx]
+        return WorldImages(self.world, self.images[idx], self.labels[idx], self.attributes[idx], self.seed, masks=masks)
 
     def __repr__(self) -> str:
         return f"WorldImages(images={len(self)}, classes={len(self.classes)}, seed={self.seed})"

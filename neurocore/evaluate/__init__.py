@@ -14,6 +14,15 @@ from neurocore.evaluate._simulation import (
     simulate,
     simulator_matrix,
 )
+from neurocore.evaluate._localization import (
+    Localization,
+    box_iou,
+    centred_boxes,
+    localization_accuracy,
+    localize,
+    mask_boxes,
+    whole_image_boxes,
+)
 from neurocore.evaluate._final_layer import (
     SentenceTransformerText,
     TextCosine,
@@ -22,7 +31,15 @@ from neurocore.evaluate._final_layer import (
     text_cosine,
 )
 
+from neurocore.evaluate._misprediction import MispredictionAUROC, misprediction_auroc
+from neurocore.evaluate._www_metrics import WWWMetrics, www_metrics
+
 __all__: list[str] = [
+    # WWW: misprediction detection and the WWW metrics
+    "misprediction_auroc",
+    "MispredictionAUROC",
+    "www_metrics",
+    "WWWMetrics",
     # simulation (Linear Explanations §4)
     "simulator_matrix",
     "explanation_concepts",
@@ -48,4 +65,12 @@ __all__: list[str] = [
     "TextCosine",
     "SentenceTransformerText",
     "normalise_name",
+    # weakly supervised localisation (HINT §3.6; any "where" map)
+    "localization_accuracy",
+    "localize",
+    "Localization",
+    "mask_boxes",
+    "box_iou",
+    "whole_image_boxes",
+    "centred_boxes",
 ]

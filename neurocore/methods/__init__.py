@@ -16,6 +16,10 @@ from neurocore.methods import clip_dissect
 from neurocore.methods.clip_dissect import ClipDissect, dissect
 from neurocore.methods import linear
 from neurocore.methods.linear import LinearExplanations, explain_linear
+from neurocore.methods import www as _www_module
+from neurocore.methods.www import WWW
+from neurocore.methods import hint  # the module (registers "hint"); the function is neurocore.hint
+from neurocore.methods.hint import ConceptHierarchy, Hint
 
 __all__ = [
     "METHOD_INPUTS",
@@ -34,4 +38,7 @@ __all__ = [
     "linear",
     "LinearExplanations",
     "explain_linear",
+    "hint",
+    "Hint",
+    "ConceptHierarchy",
 ]

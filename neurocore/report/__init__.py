@@ -1,7 +1,8 @@
 """Reports: summary tables and one self-contained HTML page per run."""
 
 from neurocore.report._figures import activation_area_chart
+from neurocore.report._hint import ConceptExamples, write_hint_report
 from neurocore.report._html import write_html_report
 from neurocore.report._tables import layer_summary
 
-__all__ = ["write_html_report", "layer_summary", "activation_area_chart"]
+__all__ = ["write_html_report", "write_hint_report", "ConceptExamples", "layer_summary", "activation_area_chart"]

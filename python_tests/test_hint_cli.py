@@ -1,0 +1,79 @@
+"""``neurocore hint`` end to end on a tiny folder (three WordNet classes, a small saved CNN) and its report."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from neurocore.cli import main
+
+CLASSES = ("n02084071", "n02121808", "n02958343")  # dog, domestic cat, car
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    import PIL.Image
+
+    root = tmp_path_factory.mktemp("hint_cli")
+    gen = torch.Generator().manual_seed(0)
+    for c, wnid in enumerate(CLASSES):
+        (root / "images" / wnid).mkdir(parents=True)
+        for i in range(4):
+            img = (torch.rand(24, 24, 3, generator=gen) * 60).to(torch.uint8)
+            y, x = torch.randint(0, 12, (2,), generator=gen).tolist()
+            img[y : y + 12, x : x + 12, c] = 230  # an object of the class's colour
+            PIL.Image.fromarray(img.numpy()).save(root / "images" / wnid / f"{i}.png")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    torch.save(net, root / "net.pt")
+    return root
+
+
+def run(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_hint_command_writes_the_report(folder):
+    out = folder / "out"
+    status, stdout, stderr = run("hint", "--model", str(folder / "net.pt"), "--layer", "2", "--images",
+                                 str(folder / "images"), "--concepts", "animal", "whole", "--out", str(out),
+                                 "--input-size", "24", "--images-per-concept", "8", "--top-n", "3", "--examples", "2",
+                                 "--no-progress")
+    assert status == 0, stderr
+    assert "animal: classifier F1" in stdout and "whole: classifier F1" in stdout
+    for name in ("index.html", "neurons.html", "explanations.csv", "explanations.json", "phi.csv", "association.png"):
+        assert (out / name).is_file(), name
+    page = (out / "index.html").read_text()
+    assert "Concept <code>animal</code>" in page and "Concept <code>whole</code>" in page
+    assert "Top 3 collaborative neurons" in page and "association figure" in page
+    # per concept 2 examples x (image, responsible regions, concept cells) + the figure
+    assert page.count("data:image/") == 2 * 2 * 3 + 1
+    phi = (out / "phi.csv").read_text().splitlines()
+    assert phi[0] == "unit,animal,whole" and len(phi) == 1 + 8
+    saved = json.loads((out / "explanations.json").read_text())
+    assert "hint" in json.dumps(saved)[:2000]
+
+
+def test_hint_command_errors(folder, tmp_path):
+    status, _, err = run("hint", "--model", str(folder / "net.pt"), "--layer", "2", "--images", str(folder / "images"),
+                         "--concepts", "bird", "--out", str(tmp_path))
+    assert status == 1 and "covers none" in err
+    (tmp_path / "flat").mkdir()
+    import PIL.Image
+
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
+    status, _, err = run("hint", "--model", str(folder / "net.pt"), "--layer", "2", "--images", str(tmp_path / "flat"),
+                         "--concepts", "animal", "--out", str(tmp_path / "o"))
+    assert status == 1 and "flat folder" in err
+    status, _, err = run("hint", "--model", str(folder / "net.pt"), "--layer", "2", "--images", str(folder / "images"),
+                         "--concepts", "animal", "--target", "imagenet", "--input-size", "24", "--out", str(tmp_path / "o"))
+    assert status == 1 and "--target imagenet needs a 1000-class" in err
