@@ -1,7 +1,7 @@
 # One-command workflows. Each target sets up what it needs in a virtual environment (.venv):
 #   make demo    the main job: dissect a model whose ground truth is known (offline), report in demo-out/
 #   make test    pinned dependencies, the build, the test suite
-#   make bench   the kernel benchmarks (results in benchmarks/RESULTS.md)
+#   make bench   benchmark suites (pytest-benchmark) and scripts; results in benchmarks/RESULTS.md
 # NEUROCORE_CUDA=auto|1|0 selects the CUDA kernels (auto: when torch has CUDA and nvcc is found).
 
 PYTHON ?= python3
@@ -40,7 +40,9 @@ test: build
 	$(PY) -m pytest python_tests
 
 bench: build
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave --benchmark-results -q
 	$(PY) benchmarks/bench_kernels.py --write
+	$(PY) benchmarks/bench_record.py --write
 	$(PY) benchmarks/bench_linear.py --write
 	$(PY) benchmarks/bench_dissect.py --write
 

@@ -1,9 +1,14 @@
 // The one place where neurocore's op schemas are declared, and the Python module neurocore._C.
 // Implementations register themselves per device in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu.
+// cmake/ compiles this file with NEUROCORE_NO_PYTHON into a plain libtorch library (no Python module).
+#ifndef NEUROCORE_NO_PYTHON
 #include <Python.h>
+#endif
 #include <torch/library.h>
 
+#ifndef NEUROCORE_NO_PYTHON
 #include <pybind11/pybind11.h>
+#endif
 
 #ifndef NEUROCORE_TORCH_VERSION
 #define NEUROCORE_TORCH_VERSION "unknown"
@@ -24,6 +29,7 @@ TORCH_LIBRARY(neurocore, m) {
       "str link) -> Tensor");
 }
 
+#ifndef NEUROCORE_NO_PYTHON
 namespace {
 
 bool built_with_cuda() {
@@ -41,3 +47,4 @@ PYBIND11_MODULE(_C, module) {
   module.def("built_with_cuda", &built_with_cuda, "Whether the CUDA kernels were compiled in.");
   module.attr("torch_version") = NEUROCORE_TORCH_VERSION;
 }
+#endif  // NEUROCORE_NO_PYTHON

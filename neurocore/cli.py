@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--report-images", type=_int_at_least(0), default=5, metavar="N", help="top images per neuron in the report (default: 5)")
     dis.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    _add_hint_parser(sub)
+
     lay = sub.add_parser("layers", help="list a model's layer (module) names", description="List the module names of a model, for --layers.")
     lay.add_argument("--model", required=True, metavar="NAME_OR_FILE", help="as for 'neurocore dissect'")
     lay.add_argument("--depth", type=_int_at_least(1), metavar="N", help="only names with at most N dot-separated parts")
@@ -235,6 +237,13 @@ def _cmd_demo(args) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
         print(result.summary.to_string())
     print("label_precision: share of a neuron's top images that show its label's concept (ground truth)")
+    if result.hint is not None:
+        row = result.hint.localization.loc[80] if 80 in result.hint.localization.index else result.hint.localization.iloc[-1]
+        print(
+            f"HINT ({result.hint.layer}, concept 'object', top 80% neurons by Shapley contribution): localization "
+            f"accuracy {row['accuracy']:.4f} vs whole-image box {row['whole_image']:.4f} on {result.hint.num_test} "
+            "planted object boxes"
+        )
     print(f"wrote {result.report} and the explanations (CSV/JSON) in {result.out_dir} ({total:.1f} s in all)")
     print(f"final-layer accuracy: {result.final_layer_accuracy:.4f}")
 
@@ -421,6 +430,149 @@ def _read_scores(path: str, concepts):
     return ConceptScores.from_tensor(obj, names, source=f"file:{p.name}")
 
 
+def _add_hint_parser(sub) -> None:
+    """``neurocore hint``: its options (the command is :func:`_cmd_hint`)."""
+    from neurocore.methods.hint import CLASSIFIERS, CONTRIBUTIONS, SALIENCY_METHODS
+
+    hp = sub.add_parser(
+        "hint",
+        help="HINT: which neurons of a layer detect hierarchical concepts (animal, whole, ...), and where",
+        description=(
+            "Compute each image's layer saliency and responsible regions, fit one linear classifier per concept "
+            "of the WordNet hierarchy above the images' classes (or of --groups), and score every neuron's Shapley "
+            "contribution to each concept (HINT, Wang et al. 2022). Writes explanations.csv/.json, phi.csv, "
+            "association.png, the neuron table neurons.html and the HINT report index.html to --out."
+        ),
+    )
+    hp.add_argument("--model", required=True, metavar="NAME_OR_FILE", help="as for 'neurocore dissect'")
+    hp.add_argument("--layer", required=True, metavar="LAYER", help="a convolutional layer's module name")
+    hp.add_argument("--images", required=True, metavar="DIR",
+                    help="labelled images: class sub-folders named by WordNet id (n01443537/...), or --annotations")
+    hp.add_argument("--annotations", metavar="FILE", help="file -> class table ('FILE<TAB>CLASS' lines) for a flat folder")
+    hp.add_argument("--concepts", required=True, nargs="+", metavar="CONCEPT",
+                    help="hierarchy nodes by name (animal, whole, mammal, bird, ...) or WordNet id; with --groups, its names")
+    hp.add_argument("--groups", metavar="JSON",
+                    help="a JSON file {concept: [class, ...]} for classes that are not WordNet ids")
+    hp.add_argument("--target", default="auto", choices=("auto", "label", "predicted", "logit_sum", "imagenet"),
+                    help="which logit the saliency differentiates: auto (ImageNet's logit of each WordNet class for a "
+                         "1000-class model, else the class label), label, predicted, logit_sum, imagenet")
+    hp.add_argument("--saliency", choices=SALIENCY_METHODS, default="guided_backprop", help="(default: guided_backprop)")
+    hp.add_argument("--classifier", choices=CLASSIFIERS, default="logistic", help="(default: logistic)")
+    hp.add_argument("--contribution", choices=CONTRIBUTIONS, default="shapley", help="(default: shapley)")
+    hp.add_argument("--images-per-concept", type=_int_at_least(1), default=50, metavar="N", help="(default: 50)")
+    hp.add_argument("--top-n", type=_int_at_least(1), default=10, metavar="N", help="collaborative neurons per concept (default: 10)")
+    hp.add_argument("--examples", type=_int_at_least(0), default=4, metavar="N", help="example images per concept in the report (default: 4)")
+    hp.add_argument("--out", default="neurocore-hint", metavar="DIR", help="output folder (default: neurocore-hint)")
+    hp.add_argument("--weights", metavar="FILE", help="state dict file to load into the model")
+    hp.add_argument("--key-map", metavar="MAP", help="as for 'neurocore dissect' (e.g. order)")
+    hp.add_argument("--random-init", action="store_true", help="do not fetch pretrained weights for a model name")
+    hp.add_argument("--input-size", type=_int_at_least(1), metavar="PIXELS", help="input edge (default: the model's)")
+    hp.add_argument("--batch-size", type=_int_at_least(1), default=32, help="images per pass (default: 32)")
+    hp.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of every random choice (default: 0)")
+    hp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _hint_target(choice: str, classes, model, probe, transform):
+    """``--target`` as :class:`~neurocore.methods.hint.Hint`'s ``target``."""
+    import torch
+
+    from neurocore.concepts import imagenet_wnids
+    from neurocore.probe._maps import _input_tensor
+
+    if choice in ("label", "predicted", "logit_sum"):
+        return choice
+    with torch.no_grad():
+        outputs = model(_input_tensor(probe, 0, transform)[None]).shape[-1]
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    if choice == "imagenet" or (choice == "auto" and outputs == 1000 and all(c in index for c in classes)):
+        missing = [c for c in classes if c not in index]
+        if missing or outputs != 1000:
+            raise NeurocoreError(
+                f"--target imagenet needs a 1000-class ImageNet model ({outputs} outputs) and classes that are ImageNet "
+                f"WordNet ids (not: {missing[:5]}); use --target label, predicted or logit_sum"
+            )
+        return [index[c] for c in classes]
+    if outputs != len(classes):
+        raise NeurocoreError(
+            f"--target auto: the model has {outputs} outputs but --images has {len(classes)} classes, which are not "
+            "all ImageNet ids of a 1000-class model: say which logit to explain with --target predicted or logit_sum"
+        )
+    return "label"
+
+
+def _cmd_hint(args) -> None:
+    import torch
+
+    import neurocore
+    from neurocore.methods.hint import ConceptHierarchy, Hint, association_figure, contribution_matrix
+    from neurocore.probe import ImageFolder, record
+    from neurocore.probe._maps import _input_tensor
+    from neurocore.report import ConceptExamples, write_hint_report, write_html_report
+
+    progress = not args.no_progress
+    probe = ImageFolder(args.images, annotations=args.annotations) if args.annotations else ImageFolder(args.images)
+    if probe.classes is None:
+        raise NeurocoreError(
+            f"--images {args.images!r} is a flat folder: HINT needs each image's class (DIR/<wnid>/<image>, or --annotations FILE)"
+        )
+    if args.groups is not None:
+        try:
+            groups = json.loads(Path(args.groups).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise NeurocoreError(f"cannot read --groups {args.groups!r} as JSON ({type(exc).__name__}: {exc})") from None
+        if not isinstance(groups, dict):
+            raise NeurocoreError(f"--groups {args.groups!r} must hold one JSON object {{concept: [class, ...]}}")
+        unknown = [c for c in args.concepts if c not in groups]
+        if unknown:
+            raise NeurocoreError(f"--concepts {unknown} are not in --groups {args.groups!r} (it has: {list(groups)[:10]})")
+        hierarchy = ConceptHierarchy.from_groups(probe.classes, {c: groups[c] for c in args.concepts})
+    else:
+        hierarchy = ConceptHierarchy.from_wordnet(probe.classes, args.concepts)
+    if args.key_map is not None and args.weights is None:
+        raise NeurocoreError("--key-map maps the names of --weights: give --weights FILE too")
+    model, transform = load_model(args.model, args.weights, pretrained=not args.random_init, key_map=_key_map(args.key_map),
+                                  input_size=args.input_size)
+    target = _hint_target(args.target, probe.classes, model, probe, transform)
+    method = Hint(saliency=args.saliency, classifier=args.classifier, contribution=args.contribution, target=target,
+                  images_per_concept=args.images_per_concept, top_n=args.top_n, batch_size=args.batch_size, seed=args.seed)
+    labels = torch.tensor(probe.labels, dtype=torch.int64)
+    store = record(model, [args.layer], probe, transform=transform, batch_size=args.batch_size, progress=progress)
+    rows = store.dataset_indices if store.dataset_indices is not None else torch.arange(store.num_images)
+    scores = hierarchy.concept_scores(labels[rows], image_ids=store.image_ids)
+    explanations = method.explain(store, scores, model=model, probe=probe, transform=transform, progress=progress)
+    out = Path(args.out)
+    explanations.save(out)
+    contribution_matrix(explanations, args.layer).to_csv(out / "phi.csv", index_label="unit")
+    association_figure(method.phi_[args.layer], hierarchy.names, args.top_n, path=out / "association.png")
+    write_html_report(explanations, out, probe=probe, store=store, filename="neurons.html",
+                      title=f"HINT: neurons of {args.layer}")
+    examples = {}
+    clf = method.classifiers_[args.layer]
+    member = hierarchy.membership(labels)
+    for e, concept in enumerate(hierarchy.names):
+        idx = member[:, e].nonzero().reshape(-1)[: args.examples].tolist()
+        if not idx:
+            continue
+        maps, regions, _, _ = method.layer_cells(model, args.layer, probe, idx, member[idx], transform=transform)
+        examples[concept] = ConceptExamples(
+            torch.stack([_input_tensor(probe, i, transform) for i in idx]), regions,
+            clf.cell_scores(maps)[:, e] > 0.5, tuple(probe.image_id(i) for i in idx),
+        )
+    report = write_hint_report(
+        explanations, out, examples, layer=args.layer, top_n=args.top_n,
+        title=f"neurocore HINT: {args.model} {args.layer} on {args.images}",
+        intro=f"HINT ({args.saliency} saliency, {args.classifier} classifiers, {args.contribution} contributions) of "
+              f"{args.layer} over {explanations.params['images']} images of {args.images}; concepts: {', '.join(hierarchy.names)} "
+              f"(neurocore {neurocore.__version__}).",
+        links=("explanations.csv", "explanations.json", "phi.csv", "association.png", "neurons.html"),
+    )
+    for concept in hierarchy.names:
+        f1 = explanations.params["f1"][args.layer].get(concept)
+        top = explanations.params["collaborative"][args.layer][concept][: min(5, args.top_n)]
+        print(f"{concept}: classifier F1 {f1:.4f}, top neurons {top}")
+    print(f"wrote {out / 'explanations.csv'}, {out / 'phi.csv'}, {out / 'association.png'} and {report}")
+
+
 def _cmd_layers(args) -> None:
     model, _ = load_model(args.model, pretrained=False)
     for name, module in model.named_modules():
@@ -429,7 +581,7 @@ def _cmd_layers(args) -> None:
         print(f"{name}\t{type(module).__name__}")
 
 
-_COMMANDS = {"demo": _cmd_demo, "dissect": _cmd_dissect, "layers": _cmd_layers}
+_COMMANDS = {"demo": _cmd_demo, "dissect": _cmd_dissect, "layers": _cmd_layers, "hint": _cmd_hint}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -361,6 +361,14 @@ def shapley_permutation(
 # fake kernels: shapes and dtypes only, for torch.compile and opcheck
 
 
+# torch.export.save names namedtuple outputs by a registered name (a program returning lstsq_gram's
+# result could not be saved otherwise).
+try:
+    torch.utils._pytree._register_namedtuple(LstsqResult, serialized_type_name="neurocore.ops.LstsqResult")
+except (AttributeError, ValueError):  # an older torch without it, or a reload of this module
+    pass
+
+
 @torch.library.register_fake("neurocore::topk")
 def _topk_fake(x, k):
     rows = torch.sym_min(k, x.shape[0])
