@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     _add_hint_parser(sub)
+    _add_www_parser(sub)
 
     lay = sub.add_parser("layers", help="list a model's layer (module) names", description="List the module names of a model, for --layers.")
     lay.add_argument("--model", required=True, metavar="NAME_OR_FILE", help="as for 'neurocore dissect'")
@@ -581,7 +582,163 @@ def _cmd_layers(args) -> None:
         print(f"{name}\t{type(module).__name__}")
 
 
-_COMMANDS = {"demo": _cmd_demo, "dissect": _cmd_dissect, "layers": _cmd_layers, "hint": _cmd_hint}
+def _add_www_parser(sub) -> None:
+    """``neurocore www``: its options (the command is :func:`_cmd_www`)."""
+    wp = sub.add_parser(
+        "www",
+        help="WWW: major and minor concepts of every neuron of a layer, and class vs sample heatmaps",
+        description=(
+            "Label every neuron of a layer with its major concepts (adaptive cosine similarity over its top images) "
+            "and minor concepts (over the crops around its highest cell), and show per image the class and sample "
+            "heatmaps with their similarity (WWW, Ahn et al. 2024). Image-concept similarities come from a "
+            "vision-language model (--vlm) or a given score matrix (--scores; no minor concepts then). Writes "
+            "explanations.csv/.json and the WWW report index.html to --out."
+        ),
+    )
+    wp.add_argument("--model", required=True, metavar="NAME_OR_FILE", help="as for 'neurocore dissect'")
+    wp.add_argument("--layer", required=True, metavar="LAYER", help="the module whose neurons are explained")
+    wp.add_argument("--images", required=True, metavar="DIR", help="folder of probe images (class sub-folders or flat)")
+    source = wp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--vlm", metavar="SPEC", help="vision-language model 'open_clip:NAME:TAG_OR_CHECKPOINT'")
+    source.add_argument("--scores", metavar="FILE", help="given image-concept scores, as for 'neurocore dissect --scores'")
+    wp.add_argument("--concepts", metavar="SET",
+                    help="concept set: a built-in set or a text file, one concept per line (default with --vlm: wordnet_nouns)")
+    wp.add_argument("--template", default="A photo of a {}", help="prompt template for --vlm (default: 'A photo of a {}')")
+    wp.add_argument("--n-images", type=_int_at_least(1), default=40, metavar="N", help="top images per neuron (default: 40)")
+    wp.add_argument("--alpha-major", type=_fraction, default=0.95, help="major concepts' threshold (default: 0.95)")
+    wp.add_argument("--alpha-minor", type=_fraction, default=0.90, help="minor concepts' threshold (default: 0.90)")
+    wp.add_argument("--crop-fraction", type=_fraction, default=0.5, help="crop side / input side (default: 0.5)")
+    wp.add_argument("--heatmap-images", type=_int_at_least(0), default=6, metavar="N",
+                    help="images shown with their class and sample heatmaps (default: 6; class importance counts each "
+                         "image of --images for its predicted class)")
+    wp.add_argument("--report-neurons", type=_int_at_least(0), default=32, metavar="N", help="neurons in the report (default: 32)")
+    wp.add_argument("--report-images", type=_int_at_least(0), default=4, metavar="N",
+                    help="example images (and crops) per neuron in the report (default: 4)")
+    wp.add_argument("--out", default="neurocore-www", metavar="DIR", help="output folder (default: neurocore-www)")
+    wp.add_argument("--weights", metavar="FILE", help="state dict file to load into the model")
+    wp.add_argument("--key-map", metavar="MAP", help="as for 'neurocore dissect' (e.g. order)")
+    wp.add_argument("--random-init", action="store_true", help="do not fetch pretrained weights for a model name")
+    wp.add_argument("--input-size", type=_int_at_least(1), metavar="PIXELS", help="input edge (default: the model's)")
+    wp.add_argument("--batch-size", type=_int_at_least(1), default=32, help="images per pass (default: 32)")
+    wp.add_argument("--device", help="where the models run (default: cpu)")
+    wp.add_argument("--cache-dir", metavar="DIR", help="cache embeddings here")
+    wp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _www_heatmaps(model, layer, probe, transform, count, batch_size, device, progress):
+    """The first ``count`` images' class and sample heatmaps; class importance over the whole folder, each
+    image counted for its predicted class (the folder's classes need not be the model's)."""
+    import torch
+
+    from neurocore.methods.www import class_importance, image_heatmaps
+    from neurocore.probe._data import iter_batches
+    from neurocore.probe._maps import _input_tensor
+    from neurocore.report import HeatmapExample
+
+    preds = torch.zeros(len(probe), dtype=torch.int64)
+    with torch.no_grad():
+        for batch in iter_batches(probe, batch_size, transform):
+            x = batch.images if device is None else batch.images.to(device)
+            preds[batch.indices] = model(x).argmax(1).cpu()
+    ci = class_importance(model, layer, probe, transform=transform, labels=preds, batch_size=batch_size, device=device,
+                          progress=progress)
+    idx = list(range(min(count, len(probe))))
+    subset = [(_input_tensor(probe, i, transform), int(preds[i])) for i in idx]
+    res = image_heatmaps(model, layer, subset, ci, batch_size=batch_size, device=device, keep_heatmaps=True)
+    return [HeatmapExample(subset[j][0], res.class_heatmaps[j], res.sample_heatmaps[j], float(res.similarity[j]),
+                           f"{probe.image_id(i)} · predicted {int(res.predictions[j])}") for j, i in enumerate(idx)]
+
+
+def _cmd_www(args) -> None:
+    import torch
+
+    import neurocore
+    from neurocore.methods.www import WWW
+    from neurocore.probe import ImageFolder, crops, record
+    from neurocore.probe._maps import _input_tensor
+    from neurocore.report import NeuronExamples, write_www_report
+
+    progress = not args.no_progress
+    device = _device(args.device)
+    probe = ImageFolder(args.images)
+    given = None
+    if args.scores is not None:
+        given = _read_scores(args.scores, args.concepts)
+        if given.num_images != len(probe):
+            raise NeurocoreError(
+                f"--scores {args.scores!r} has {given.num_images} rows but --images has {len(probe)} images: give one row "
+                "per image, in the folder's sorted order"
+            )
+    if args.key_map is not None and args.weights is None:
+        raise NeurocoreError("--key-map maps the names of --weights: give --weights FILE too")
+    model, transform = load_model(args.model, args.weights, pretrained=not args.random_init, key_map=_key_map(args.key_map),
+                                  input_size=args.input_size)
+    if device is not None:
+        model = model.to(device)
+    vlm = None
+    if args.vlm is not None:
+        from neurocore.vlm import load_vlm
+
+        vlm = load_vlm(args.vlm, device=device)
+    method = WWW(vlm=vlm, concept_set=args.concepts or "wordnet_nouns", template=args.template, n_images=args.n_images,
+                 alpha_major=args.alpha_major, alpha_minor=args.alpha_minor, crop_fraction=args.crop_fraction,
+                 cache_dir=args.cache_dir, batch_size=args.batch_size)
+    store = record(model, [args.layer], probe, top_k=max(100, args.n_images), transform=transform,
+                   batch_size=args.batch_size, device=device, progress=progress)
+    if given is not None and store.num_images != given.num_images:
+        raise NeurocoreError(f"{given.num_images - store.num_images} image(s) of --images were unreadable: --scores rows "
+                             "no longer match; remove them and score the rest")
+    if given is not None and not given.image_ids and store.image_ids:
+        from neurocore.concepts import ConceptScores
+
+        given = ConceptScores.from_tensor(given.scores, given.concepts, given.source, image_ids=store.image_ids)
+    explanations = method.explain(store, given, model=model, probe=probe, transform=transform, progress=progress)
+    out = Path(args.out)
+    explanations.save(out)
+    la = store[args.layer]
+    rows = la.top_indices[: min(args.report_images, la.top_indices.shape[0])]
+    ds = store.dataset_indices[rows] if store.dataset_indices is not None else rows  # [n, K]
+    units = list(range(min(args.report_neurons, la.num_neurons)))
+    examples = {}
+    if units and args.report_images:
+        idx = ds[:, units].T.reshape(-1)
+        unit_of = torch.tensor(units).repeat_interleave(ds.shape[0])
+        try:
+            cut = crops(model, args.layer, probe, idx, unit_of, transform=transform, fraction=args.crop_fraction,
+                        batch_size=args.batch_size, device=device).images
+        except NeurocoreError:  # a layer without cells ([B, C]): no crops
+            cut = None
+        n = ds.shape[0]
+        for j, k in enumerate(units):
+            pick = idx[j * n : (j + 1) * n].tolist()
+            examples[k] = NeuronExamples(torch.stack([_input_tensor(probe, i, transform) for i in pick]),
+                                         None if cut is None else cut[j * n : (j + 1) * n],
+                                         tuple(probe.image_id(i) for i in pick))
+    heatmaps = []
+    if args.heatmap_images:
+        try:
+            heatmaps = _www_heatmaps(model, args.layer, probe, transform, args.heatmap_images, args.batch_size, device,
+                                     progress)
+        except NeurocoreError as exc:
+            warnings.warn(f"no heatmaps for layer {args.layer!r}: {exc}")
+    source = explanations.params.get("concept_source")
+    report = write_www_report(
+        explanations, out, examples, heatmaps, layer=args.layer, max_neurons=args.report_neurons,
+        title=f"neurocore WWW: {args.model} {args.layer} on {args.images}",
+        intro=f"WWW of {args.layer} over {store.num_images} images of {args.images}; concept similarities: {source} "
+              f"(neurocore {neurocore.__version__}).",
+        links=("explanations.csv", "explanations.json"),
+    )
+    labelled = sum(bool(n.concepts) for n in explanations)
+    print(f"{args.layer}: {labelled} of {len(explanations.neurons)} neurons with a major concept")
+    for n in list(explanations)[:10]:
+        print(f"  neuron {n.unit}: {n.label}")
+    if heatmaps:
+        print("heatmap similarity: " + ", ".join(f"{h.similarity:.4f}" for h in heatmaps))
+    print(f"wrote {out / 'explanations.csv'}, {out / 'explanations.json'} and {report}")
+
+
+_COMMANDS = {"demo": _cmd_demo, "dissect": _cmd_dissect, "layers": _cmd_layers, "hint": _cmd_hint, "www": _cmd_www}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

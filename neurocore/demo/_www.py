@@ -185,7 +185,20 @@ def add_distractor(images: WorldImages, indices, *, side: float = 0.35) -> tuple
 
 
 def colour_labels(images: WorldImages) -> torch.Tensor:
-    """``Tensor[N]`` int64: each image's colour index (the classes of :class:`DistractorNet`)."""
+    """Each image's colour index, the classes of :class:`DistractorNet`.
+
+    Args:
+        images: concept-world images (:meth:`ConceptWorld.sample`).
+
+    Returns:
+        ``Tensor[N]`` int64: indices into ``images.world.colours``.
+
+    Example:
+        >>> from neurocore.demo import ConceptWorld
+        >>> data = ConceptWorld().sample(1, seed=0)
+        >>> bool((colour_labels(data) == data.attributes[:, 1]).all()), colour_labels(data).dtype
+        (True, torch.int64)
+    """
     return images.attributes[:, 1].clone()
 
 
