@@ -1,10 +1,11 @@
-"""The ``neurocore`` command line: ``demo``, ``dissect`` and ``layers``.
+"""The ``neurocore`` command line: ``demo``, ``dissect``, ``hint``, ``www`` and ``layers``.
 
 ``neurocore demo`` dissects a small CNN trained on a synthetic world whose concepts are known, offline,
 in well under two minutes on two CPU cores. ``neurocore dissect`` runs CLIP-Dissect on any torchvision
 or timm model, or a model saved to a file (loaded by :mod:`neurocore.models`), over a folder of images,
 through the pipeline that :func:`neurocore.dissect` and the demo share. ``neurocore layers`` lists a
-model's layer names. Bad input ends with ``neurocore: error: ...`` and exit status 1 (2 for malformed
+model's layer names. ``neurocore hint`` and ``neurocore www`` run those methods on a folder of images
+and write their explanations and HTML reports. Bad input ends with ``neurocore: error: ...`` and exit status 1 (2 for malformed
 arguments), without a traceback.
 
 Security: ``--model FILE`` holding a whole pickled ``nn.Module`` (``torch.save(model, FILE)``) is read
