@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from neurocore._errors import NeurocoreError
-from neurocore.report._html import _CSS, _e, _encode, _num, _to_pil
+from neurocore.report._html import _CSS, EXAMPLE_CSS, _e, _encode, _num, _to_pil, write_page
 
 
 @dataclass(frozen=True)
@@ -189,14 +189,4 @@ def write_hint_report(
                      f"<table><tr><th>unit</th><th>concepts</th><th>which</th></tr>{body}</table>")
     fig = association_figure(phi, None, top_n)
     parts.append(f"<h2>Neuron–concept associations</h2><img src='data:{_figure_png(fig)}' alt='association figure'>")
-    css = _CSS + ".ex{display:inline-block;margin:.3em;vertical-align:top}.ex figure{display:inline-block;margin:.1em}" \
-                 "figcaption{font-size:.75em;color:#555;text-align:center}"
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{_e(title)}</title><style>{css}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / filename
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_page(out_dir, filename, title, _CSS + EXAMPLE_CSS, parts)

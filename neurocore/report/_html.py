@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from neurocore._errors import NeurocoreError
+from neurocore._io import atomic_write
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;color:#1d1d1f;background:#fff}
@@ -147,25 +148,35 @@ def write_html_report(
         )
         parts.append(_neuron_table(table_id, neurons, images, n_images, shown, names))
     # The head comes last: the thumbnails' style sheet is known once every table is written.
-    head = (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{_e(title)}</title><style>{_CSS}</style><style>{images.css()}</style>"
-        f"<script>{_JS}</script></head><body>"
-    )
-    page = "\n".join([head, *parts, "</body></html>"])
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / filename
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    path = write_page(out_dir, filename, title, _CSS + images.css(), parts, script=_JS)
     if images.failures:
         idx, why = images.failures[0]
         warnings.warn(
             f"report: {len(images.failures)} image(s) could not be shown (e.g. dataset index {idx}: {why})",
             stacklevel=2,
         )
+    return path
+
+
+# Classes every report page shares: example figures in a row with small captions.
+EXAMPLE_CSS = (
+    ".ex{display:inline-block;margin:.3em;vertical-align:top}.ex figure{display:inline-block;margin:.1em}"
+    "figcaption{font-size:.75em;color:#555;text-align:center}"
+)
+
+
+def write_page(out_dir, filename: str, title: str, css: str, parts, *, script: str = "") -> Path:
+    """Write one self-contained HTML page (``parts`` joined in ``<body>``) atomically into ``out_dir``
+    (created if needed) and return its path; every neurocore report page is written by this."""
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_e(title)}</title><style>{css}</style>" + (f"<script>{script}</script>" if script else "")
+        + "</head><body>\n" + "\n".join(parts) + "\n</body></html>"
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / filename
+    atomic_write(path, lambda p: p.write_text(page, encoding="utf-8"))
     return path
 
 

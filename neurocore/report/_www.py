@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from neurocore._errors import NeurocoreError
-from neurocore.report._html import _CSS, _e, _encode, _num, _to_pil
+from neurocore.report._html import _CSS, EXAMPLE_CSS, _e, _encode, _num, _to_pil, write_page
 
 
 @dataclass(frozen=True)
@@ -220,17 +220,7 @@ def write_www_report(
             sim = float(h.similarity)
             parts.append(f"<div class='ex heat'>{body}<div class='meta'>{_e(h.caption)} · similarity "
                          f"<b class='sim'>{'nan' if math.isnan(sim) else f'{sim:.4f}'}</b></div></div>")
-    css = _CSS + ".ex{display:inline-block;margin:.3em;vertical-align:top}.ex figure{display:inline-block;margin:.1em}" \
-                 "figcaption{font-size:.75em;color:#555;text-align:center}.neuron{margin-bottom:1em}"
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{_e(title)}</title><style>{css}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / filename
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_page(out_dir, filename, title, _CSS + EXAMPLE_CSS + ".neuron{margin-bottom:1em}", parts)
 
 
 __all__ = ["NeuronExamples", "HeatmapExample", "heatmap_overlay", "write_www_report"]
