@@ -45,6 +45,9 @@ def record(
     num_workers: int = 0,
     progress: bool = True,
     chunk_size: int = 1024,
+    engine: str = "local",
+    address: str | None = None,
+    shards: int | None = None,
 ) -> ActivationStore:
     """Record the activations of several layers of ``model`` over a probe set in one pass.
 
@@ -114,7 +117,17 @@ def record(
         cache_dir: a folder for the on-disk cache (created if needed); None: no cache.
         num_workers: DataLoader worker processes.
         progress: show a tqdm bar over the probe's images.
-        chunk_size: dataset indices per cache chunk (the unit of resumption).
+        chunk_size: dataset indices per cache chunk (the unit of resumption, and of the Ray shards).
+        engine: ``"local"`` (default: this process) or ``"ray"``: the chunks are cut into ``shards``
+            contiguous runs that Ray tasks (one CPU each, or one GPU each when the model is on a GPU)
+            record into the cache (``cache_dir``, or a temporary folder on a local cluster), then this
+            process reads them back in dataset order (:mod:`neurocore.scale._ray`). The store equals the
+            local one bit for bit when ``chunk_size`` is a multiple of ``batch_size``; an interrupted run
+            resumes, finished shards are not recomputed. Needs ``pip install neurocore[ray]``.
+        address: the Ray cluster for ``engine="ray"``: None (default: the running one, else a new local
+            one), ``"auto"`` or ``"HOST:6379"`` (after ``ray start --head``); then ``cache_dir`` must be
+            on storage every node shares.
+        shards: runs of chunks for ``engine="ray"``; None (default): one per CPU (GPU) of the cluster.
 
     Returns:
         :class:`ActivationStore` with ``labels`` (when the probe has them), ``image_ids``,
@@ -133,6 +146,17 @@ def record(
         >>> store["1"].summaries.shape, store["4"].top_indices.shape, store.labels.tolist()[:4]
         (torch.Size([10, 4]), torch.Size([3, 2]), [0, 1, 0, 1])
     """
+    if engine not in ("local", "ray"):
+        raise NeurocoreError(f"engine must be 'local' or 'ray'; got {engine!r}")
+    if engine == "ray":
+        from neurocore.scale._ray import record_ray
+
+        return record_ray(model, layers, probe, shards=shards, address=address, record_kwargs=dict(
+            summary=summary, layout=layout, top_k=top_k, batch_size=batch_size, transform=transform,
+            transform_key=transform_key, device=device, cache_dir=cache_dir, num_workers=num_workers,
+            progress=progress, chunk_size=chunk_size))
+    if address is not None or shards is not None:
+        raise NeurocoreError("address= and shards= apply to engine='ray' only; pass engine='ray' or drop them")
     modules = resolve_layers(model, layers)
     names = list(modules)
     summaries = layer_summaries(summary, names)

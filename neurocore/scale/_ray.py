@@ -1,0 +1,266 @@
+"""The Ray engine of :func:`neurocore.probe.record`: shards of whole cache chunks, recorded by Ray tasks
+into the chunked on-disk store (``neurocore/probe/_cache.py``), then read back by one reader.
+
+How it works (``record(..., engine="ray")``):
+
+1. The probe's dataset indices are cut into ``chunk_size`` chunks (the cache's unit) and the chunks into
+   ``shards`` contiguous runs (:func:`shard_chunks`).
+2. The model and the probe are put into Ray's object store once (``ray.put``); one Ray task per shard
+   records its chunks with the same code as the local path and writes them, atomically, into the same
+   cache folders (same keys) a local ``record`` would use. A shard whose chunks are all on disk already
+   (a finished shard of an interrupted run) is not launched again.
+3. The driver then runs the local ``record`` over the full probe with that ``cache_dir``: it reads the
+   chunks in dataset order and feeds them to one :class:`~neurocore.probe._recorder.ActivationRecorder`,
+   which appends the summaries row by row and merges each neuron's top-k with ``ops.topk_merge`` (ties
+   by the lower row). The result is therefore the local result: the same rows in the same order, the
+   same top-k, the same ``skipped``, and the same cache content check (two rows recomputed).
+
+Each forward pass sees the images it would see in one process when ``chunk_size`` is a multiple of
+``batch_size`` (batches are cut at multiples of ``batch_size`` from the shard's first index, unreadable
+images dropped from their batch, exactly as locally); the stores are then equal bit for bit. Otherwise
+batches differ at shard edges and the rows agree up to the batch-size dependence of the kernels.
+
+A probe without a fingerprint (a plain list) is read again by the reader and each cached row is reused
+only when its digest matches (the local cache rule), so its images are decoded twice; its forward
+passes still run only in the workers.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+
+import torch
+
+from neurocore._errors import NeurocoreError
+from neurocore.probe._data import iter_batches
+from neurocore.probe._record import _Recording
+
+
+def ray_available() -> bool:
+    """Whether the optional ``ray`` package can be imported (``pip install neurocore[ray]``).
+
+    Example:
+        >>> isinstance(ray_available(), bool)
+        True
+    """
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def shard_chunks(num_chunks: int, shards: int) -> list[range]:
+    """Cut chunk numbers ``0..num_chunks-1`` into at most ``shards`` contiguous, near-equal runs.
+
+    The first ``num_chunks % shards`` runs get one chunk more; no run is empty (fewer runs when there are
+    fewer chunks than ``shards``).
+
+    Args:
+        num_chunks: chunks of the probe (``ceil(len(probe) / chunk_size)``), >= 1.
+        shards: wanted number of runs, >= 1.
+
+    Returns:
+        list of ``range`` of chunk numbers, in order, covering every chunk once.
+
+    Raises:
+        NeurocoreError: a count below 1 or not an integer.
+
+    Example:
+        >>> shard_chunks(5, 2)
+        [range(0, 3), range(3, 5)]
+        >>> shard_chunks(2, 4)
+        [range(0, 1), range(1, 2)]
+    """
+    for value, what in ((num_chunks, "num_chunks"), (shards, "shards")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise NeurocoreError(f"{what} must be an integer >= 1; got {value!r}")
+    shards = min(shards, num_chunks)
+    base, extra = divmod(num_chunks, shards)
+    out, start = [], 0
+    for s in range(shards):
+        stop = start + base + (1 if s < extra else 0)
+        out.append(range(start, stop))
+        start = stop
+    return out
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise NeurocoreError(
+            "engine='ray' needs the optional package ray; install it with `pip install neurocore[ray]` "
+            "(or use engine='local')"
+        ) from None
+    return ray
+
+
+def _ensure_ray(address):
+    ray = _import_ray()
+    if not ray.is_initialized():
+        # An existing cluster (`ray start --head` then address="auto" or "host:6379"), or a local one.
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+class _Prefix(torch.utils.data.Dataset):
+    """The first ``stop`` items of a probe, keeping its image ids (a shard reads up to its last index)."""
+
+    def __init__(self, probe, stop: int):
+        self.probe, self.stop = probe, stop
+
+    def __len__(self):
+        return self.stop
+
+    def __getitem__(self, i):
+        return self.probe[i]
+
+    def image_id(self, i):
+        image_id = getattr(self.probe, "image_id", None)
+        return image_id(i) if image_id is not None else str(i)
+
+
+def _shard_job(model, layers, probe, chunks, settings):
+    """Record chunks ``chunks`` (a range) of the probe into the cache; returns (chunks written, forward passes)."""
+    from neurocore.probe._cache import LayerCache, recording_key
+    from neurocore.probe._layers import eval_mode, layer_summaries, model_device, resolve_layers
+    from neurocore.probe._layout import layer_layouts
+    torch.set_num_threads(settings["threads"])
+    modules = resolve_layers(model, layers)
+    names = list(modules)
+    summaries = layer_summaries(settings["summary"], names)
+    layouts = layer_layouts(settings["layout"], names)
+    base_key = recording_key(model, probe, settings["transform"], settings["transform_key"])
+    chunk_size = settings["chunk_size"]
+    caches = {
+        name: LayerCache(settings["cache_dir"], {**base_key, "layer": name, "summary": summaries[name], "layout": layouts[name]}, chunk_size)
+        for name in names
+    }
+    n = len(probe)
+    stop = min(chunks.stop * chunk_size, n)
+    run = _ShardRecording(
+        model, modules, summaries, _Prefix(probe, stop), None, None, chunk_size, model_device(model, None),
+        verify_rows=base_key["probe_fingerprint"] is None, layouts=layouts,
+    )
+    run.attach(caches, chunks)
+    with eval_mode(model):
+        run.run(settings["batch_size"], settings["transform"], settings["num_workers"], False)
+    return run.written
+
+
+class _ShardRecording(_Recording):
+    """The local recording loop restricted to a run of chunks; finished chunks go to disk only."""
+
+    def attach(self, caches, chunks):
+        self.caches, self.chunks = caches, chunks
+        self.written = 0
+        for name, cache in caches.items():
+            for c in chunks:
+                self.cached[name][c] = cache.load(c, *self._range(c))
+
+    def _first_to_run(self):
+        if self.verify_rows:
+            return self.chunks.start  # rows are reused by digest, so every image is read again
+        for c in self.chunks:
+            chunks = [self.cached[name][c] for name in self.modules]
+            if any(d is None for d in chunks):
+                return c
+            if any(not torch.equal(d["dataset_indices"], chunks[0]["dataset_indices"]) for d in chunks):
+                return c
+        return self.chunks.stop
+
+    def run(self, batch_size, transform, num_workers, progress):
+        c0 = self._first_to_run()
+        self._next = c0
+        if c0 == self.chunks.stop:
+            return
+        batches = iter_batches(self.probe, batch_size, transform, num_workers, start=c0 * self.chunk_size,
+                               skipped=self._raw_skipped)
+        for b, batch in enumerate(batches):
+            self._batch(b, batch)
+        self._finish_until(self.num_chunks)
+
+    def _emit(self, c, chunks, first):
+        self.written += 1  # on disk now; the driver's reader feeds the recorder
+
+
+def record_ray(model, layers, probe, *, shards, address, record_kwargs):
+    """``record(..., engine="ray")``: see the module docstring. ``record_kwargs`` are record's own
+    keywords (summary, layout, top_k, batch_size, transform, transform_key, device, cache_dir,
+    num_workers, progress, chunk_size)."""
+    from neurocore.probe._cache import LayerCache, cacheable_preprocessing, check_cached_rows, recording_key
+    from neurocore.probe._data import probe_length
+    from neurocore.probe._layers import layer_summaries, model_device, resolve_layers
+    from neurocore.probe._layout import layer_layouts
+    from neurocore.probe._record import record
+
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
+        raise NeurocoreError(f"shards must be an integer >= 1 or None (one per Ray CPU or GPU); got {shards!r}")
+    kw = dict(record_kwargs)
+    chunk_size, batch_size = kw["chunk_size"], kw["batch_size"]
+    for value, what in ((batch_size, "batch_size"), (chunk_size, "chunk_size")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise NeurocoreError(f"{what} must be an integer >= 1; got {value!r}")
+    transform, transform_key = kw["transform"], kw["transform_key"]
+    if not cacheable_preprocessing(transform, probe, transform_key):
+        raise NeurocoreError(
+            "engine='ray' passes the shards through the on-disk cache, which cannot be keyed by this "
+            "preprocessing (see the warning above): give the transform a __repr__ stating its parameters, "
+            "or name it with transform_key='...', or use engine='local'"
+        )
+    n = probe_length(probe)
+    if n == 0:
+        raise NeurocoreError("the probe set is empty: give a dataset with at least one image")
+    if kw["cache_dir"] is None:
+        if address not in (None, "local"):
+            raise NeurocoreError(
+                f"engine='ray' with address={address!r} needs cache_dir=... on storage every node can read "
+                "and write (the shards meet there); received cache_dir=None"
+            )
+        with tempfile.TemporaryDirectory(prefix="neurocore-ray-") as tmp:
+            return record_ray(model, layers, probe, shards=shards, address=address,
+                              record_kwargs={**kw, "cache_dir": tmp})
+    ray = _ensure_ray(address)
+    modules = resolve_layers(model, layers)
+    names = list(modules)
+    summaries = layer_summaries(kw["summary"], names)
+    layouts = layer_layouts(kw["layout"], names)
+    device = model_device(model, kw["device"])
+    base_key = recording_key(model, probe, transform, transform_key)
+    caches = {
+        name: LayerCache(kw["cache_dir"], {**base_key, "layer": name, "summary": summaries[name], "layout": layouts[name]}, chunk_size)
+        for name in names
+    }
+    # A reused cache that no longer matches the model is cleared before the workers run (the local rule).
+    check_cached_rows(caches, model, modules, summaries, probe, transform, device,
+                      verify_rows=base_key["probe_fingerprint"] is None, layouts=layouts)
+    num_chunks = math.ceil(n / chunk_size)
+    gpu = device.type == "cuda"
+    resources = ray.cluster_resources()
+    if shards is None:
+        shards = max(1, int(resources.get("GPU" if gpu else "CPU", 1)))
+    runs = shard_chunks(num_chunks, shards)
+    if base_key["probe_fingerprint"] is not None:
+        # Finished shards of an interrupted run: every chunk of every layer on disk.
+        runs = [r for r in runs if not all(cache.load(c, c * chunk_size, min((c + 1) * chunk_size, n), warn=False)
+                                           for c in r for cache in caches.values())]
+    if runs:
+        settings = {
+            "summary": kw["summary"], "layout": kw["layout"], "transform": transform, "transform_key": transform_key,
+            "chunk_size": chunk_size, "batch_size": batch_size, "cache_dir": str(kw["cache_dir"]),
+            "num_workers": kw["num_workers"], "threads": 1 if not gpu else torch.get_num_threads(),
+        }
+        task = ray.remote(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1, max_retries=2)(_shard_job)
+        model_ref, probe_ref = ray.put(model), ray.put(probe)  # sent once, shared by every task
+        pending = [task.remote(model_ref, names, probe_ref, r, settings) for r in runs]
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(pending), unit="shard", desc="record (ray)", disable=not kw["progress"]) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done)  # a worker's error surfaces here, with its traceback
+                bar.update(len(done))
+    # The single reader: the local path over the full probe, every chunk now on disk.
+    return record(model, layers, probe, **{**kw, "progress": False})

@@ -1,0 +1,191 @@
+"""record(..., engine="ray"): shards of cache chunks recorded by Ray tasks on a local cluster, merged by
+one reader; the store must equal the single-process one bit for bit, and an interrupted run resumes."""
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from neurocore import NeurocoreError
+from neurocore.probe import record
+from neurocore.scale import shard_chunks
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install neurocore[ray]); CI installs it")
+
+LAYERS = ["conv", "act", "fc"]
+pytestmark = pytest.mark.filterwarnings("ignore:layer .* neurons are dead")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean(dim=(2, 3)))
+
+
+class LoggedProbe(torch.utils.data.Dataset):
+    """In-memory images with labels and a fingerprint; appends every index read to a log file; raises
+    at ``fail_at`` (a worker that dies mid-run)."""
+
+    def __init__(self, n, log, fail_at=None):
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.rand(n, 3, 10, 10, generator=g)
+        # ties: equal images give equal activations; the merge must order them by the lower index
+        self.x[7] = self.x[2]
+        self.x[12] = self.x[2]
+        self.log, self.fail_at = str(log), fail_at
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise RuntimeError("worker died")
+        with open(self.log, "a") as f:
+            f.write(f"{i}\n")
+        return self.x[i], i % 3
+
+    def fingerprint(self):
+        return "logged-probe-v1"
+
+    def reads(self):
+        with open(self.log) as f:
+            return sorted(int(line) for line in f)
+
+
+def assert_same(a, b):
+    assert a.num_images == b.num_images
+    assert a.image_ids == b.image_ids and a.skipped == b.skipped
+    assert torch.equal(a.dataset_indices, b.dataset_indices)
+    assert (a.labels is None and b.labels is None) or torch.equal(a.labels, b.labels)
+    for name in LAYERS:
+        x, y = a[name], b[name]
+        assert torch.equal(x.summaries, y.summaries), name  # bit for bit
+        assert torch.equal(x.top_values, y.top_values) and torch.equal(x.top_indices, y.top_indices), name
+
+
+def test_shard_chunks_cover_every_chunk_once():
+    for num_chunks in (1, 2, 5, 9):
+        for shards in (1, 2, 3, 4, 12):
+            runs = shard_chunks(num_chunks, shards)
+            assert [c for r in runs for c in r] == list(range(num_chunks))
+            assert len(runs) == min(shards, num_chunks) and all(len(r) > 0 for r in runs)
+            assert max(map(len, runs)) - min(map(len, runs)) <= 1
+    with pytest.raises(NeurocoreError, match="shards must be an integer >= 1"):
+        shard_chunks(3, 0)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    import PIL.Image
+
+    root = tmp_path_factory.mktemp("imgs")
+    g = torch.Generator().manual_seed(3)
+    for c in ("a", "b"):
+        (root / c).mkdir()
+        for i in range(9):
+            px = (torch.rand(12, 12, 3, generator=g) * 255).to(torch.uint8).numpy()
+            PIL.Image.fromarray(px).save(root / c / f"{i}.png")
+    (root / "b" / "4.png").write_bytes(b"\x89PNG broken")  # unreadable: skipped, in shard 2 of 3
+    return root
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_ray_record_equals_single_process_bit_for_bit(cluster, folder, tmp_path, shards):
+    import torchvision.transforms as T
+
+    from neurocore.probe import ImageFolder
+
+    probe = ImageFolder(folder)
+    kw = dict(transform=T.ToTensor(), batch_size=2, chunk_size=4, top_k=5, progress=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable"):
+        local = record(Net(), LAYERS, probe, **kw)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable"):
+        dist = record(Net(), LAYERS, probe, engine="ray", shards=shards, cache_dir=tmp_path / "c", **kw)
+    assert_same(dist, local)
+    assert [i for i, _ in dist.skipped] == [13]
+    assert dist.key == local.key
+
+
+def test_ray_record_without_cache_dir_and_without_fingerprint(cluster):
+    probe = [(torch.rand(3, 8, 8), i % 2) for i in range(11)]  # a plain list: rows reused by digest
+    kw = dict(batch_size=3, chunk_size=3, top_k=4, progress=False)
+    assert_same(record(Net(), LAYERS, probe, engine="ray", shards=2, **kw), record(Net(), LAYERS, probe, **kw))
+
+
+def test_interrupted_ray_record_resumes_without_recomputing_finished_shards(cluster, tmp_path):
+    kw = dict(batch_size=2, chunk_size=4, top_k=3, progress=False, cache_dir=tmp_path / "cache", shards=3)
+    # 22 images, chunks of 4: 6 chunks, shards [0, 1], [2, 3], [4, 5]; the middle one dies at index 9
+    broken = LoggedProbe(22, tmp_path / "log1", fail_at=9)
+    with pytest.raises(Exception, match="worker died"):
+        record(Net(), LAYERS, broken, engine="ray", **kw)
+    probe = LoggedProbe(22, tmp_path / "log2")
+    resumed = record(Net(), LAYERS, probe, engine="ray", **kw)
+    reads = probe.reads()
+    # only the unfinished shard (indices 8..15) ran; the finished shards' images (1..6, 16..20) were never
+    # read: besides the shard, only the cache content check's end rows of the reused chunks (two rows, once
+    # before the workers and once by the reader)
+    assert [i for i in reads if 8 <= i < 16] == list(range(8, 16))
+    others = [i for i in reads if not 8 <= i < 16]
+    assert set(others) <= {0, 7, 21} and len(others) <= 4
+    local = record(Net(), LAYERS, LoggedProbe(22, tmp_path / "log3"), **{k: v for k, v in kw.items() if k not in ("cache_dir", "shards")})
+    assert_same(resumed, local)
+    # ties between equal images (2, 7, 12) are ordered by the lower index in every neuron's top-k
+    top = resumed["fc"].top_indices
+    for j in range(top.shape[1]):
+        col = top[:, j].tolist()
+        tied = [r for r in col if r in (2, 7, 12)]
+        assert tied == sorted(tied)
+
+
+def test_ray_engine_errors(cluster, tmp_path):
+    probe = [(torch.rand(3, 8, 8), 0) for _ in range(4)]
+    with pytest.raises(NeurocoreError, match="engine must be 'local' or 'ray'"):
+        record(Net(), "fc", probe, engine="dask", progress=False)
+    with pytest.raises(NeurocoreError, match="shards must be an integer >= 1"):
+        record(Net(), "fc", probe, engine="ray", shards=0, progress=False)
+    with pytest.raises(NeurocoreError, match="apply to engine='ray' only"):
+        record(Net(), "fc", probe, shards=2, progress=False)
+    with pytest.raises(NeurocoreError, match="needs cache_dir"):
+        record(Net(), "fc", probe, engine="ray", address="10.0.0.1:6379", progress=False)
+    with pytest.warns(UserWarning), pytest.raises(NeurocoreError, match="transform_key"):
+        record(Net(), "fc", probe, engine="ray", transform=lambda x: x, cache_dir=tmp_path, progress=False)
+
+
+def test_cli_dissect_engine_ray_matches_local(cluster, folder, tmp_path, capsys):
+    import pandas as pd
+
+    from neurocore.cli import main
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        model[0].bias.fill_(3.0)  # ImageNet normalisation makes inputs negative: keep the ReLU open
+    torch.save(model, tmp_path / "model.pt")
+    args = ["dissect", "--model", str(tmp_path / "model.pt"), "--layers", "0", "3", "--probe", str(folder),
+            "--labels", "--input-size", "8", "--no-progress", "--batch-size", "4"]
+    assert main(args + ["--out", str(tmp_path / "local")]) == 0
+    assert main(args + ["--out", str(tmp_path / "ray"), "--engine", "ray", "--cache-dir", str(tmp_path / "c")]) == 0
+    a = pd.read_csv(tmp_path / "local" / "explanations.csv")
+    b = pd.read_csv(tmp_path / "ray" / "explanations.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert any((tmp_path / "c" / "activations").iterdir())  # the workers' shards met in the cache
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "x"), "--engine", "ray"]) != 0
+    assert "--engine ray needs --cache-dir" in capsys.readouterr().err
