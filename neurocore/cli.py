@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--num-workers", type=_int_at_least(0), default=0, help="data loader worker processes (default: 0)")
     dis.add_argument("--device", help="where the model runs, e.g. cpu, cuda or cuda:1 (default: cpu)")
     dis.add_argument("--cache-dir", metavar="DIR", help="cache recorded activations and embeddings here")
+    dis.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="record in this process (local, default) or in Ray workers (ray: needs --cache-dir and "
+                          "`pip install neurocore[ray]`; the shards meet in the cache)")
+    dis.add_argument("--address", metavar="HOST:PORT",
+                     help="the Ray cluster for --engine ray ('auto' or HOST:6379 after `ray start --head`; default: a local one)")
     dis.add_argument("--top-concepts", type=_int_at_least(1), default=5, metavar="N", help="concepts kept per neuron (default: 5)")
     dis.add_argument("--report-neurons", type=_int_at_least(0), default=64, metavar="N",
                      help="neurons per layer shown with their top images in the report (default: 64)")
@@ -246,6 +251,8 @@ def _cmd_demo(args) -> None:
             f"accuracy {row['accuracy']:.4f} vs whole-image box {row['whole_image']:.4f} on {result.hint.num_test} "
             "planted object boxes"
         )
+    if result.where is not None:  # the "where" benchmark on the planted objects (issue 11)
+        print("where (planted object boxes; threshold chosen on held-out images):\n" + result.where.round(4).to_string())
     print(f"wrote {result.report} and the explanations (CSV/JSON) in {result.out_dir} ({total:.1f} s in all)")
     print(f"final-layer accuracy: {result.final_layer_accuracy:.4f}")
 
@@ -342,6 +349,10 @@ def _cmd_dissect(args) -> None:
     if args.key_map is not None and args.weights is None:
         raise NeurocoreError("--key-map maps the names of --weights: give --weights FILE too")
     key_map = _key_map(args.key_map)
+    if args.engine == "ray" and args.cache_dir is None:
+        raise NeurocoreError("--engine ray needs --cache-dir DIR (on storage every Ray node shares): the workers' shards meet there")
+    if args.address is not None and args.engine != "ray":
+        raise NeurocoreError("--address applies to --engine ray")
     explainer = ClipDissect(similarity=args.similarity, n_top_concepts=args.top_concepts)
     explainer.required_top_k(len(probe))  # validates the settings
     names = None
@@ -369,6 +380,13 @@ def _cmd_dissect(args) -> None:
 
         vlm = load_vlm(args.vlm, device=device)
 
+    if args.engine == "ray":
+        # Ray workers fill the activation cache; run_dissection's own record() below then reads it back.
+        from neurocore.probe import record
+
+        record(model, args.layers, probe, summary=args.summary, layout=_layouts(args.layout, args.layers), transform=transform,
+               batch_size=args.batch_size, device=device, cache_dir=args.cache_dir, num_workers=args.num_workers,
+               progress=progress, engine="ray", address=args.address)
     run = run_dissection(
         model, args.layers, probe, explainer, scores=given, concepts=names, vlm=vlm, labels=args.labels,
         class_names=getattr(probe, "classes", None) if args.labels else None, template=args.template,

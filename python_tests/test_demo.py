@@ -269,3 +269,17 @@ def test_demo_runs_hint_small():
     assert r.hint is not None and r.hint.layer == "block3"
     assert set(r.hint.localization.index) == {10, 20, 40, 80, 100}
     assert r.hint.explanations.method == "hint" and len(r.hint.explanations) == 64
+
+
+def test_demo_where_table_on_planted_boxes(world):
+    # The demo's "where" table: WWW heatmaps, the library baselines and the whole-image box on the planted
+    # objects (exact boxes): scores are shares in [0, 1], and the whole-image box fails IoU >= 0.5 on the
+    # small objects.
+    from neurocore.demo._run import run_where_demo
+
+    probe = world.sample(4, seed=3)
+    torch.manual_seed(0)
+    table = run_where_demo(ConceptWorldCNN(len(world.classes)).eval(), probe, per_class=2, lime_samples=20)
+    assert "whole image" in table.index and {"accuracy", "pointing", "threshold"} <= set(table.columns)
+    assert table.loc["whole image", "accuracy"] <= 0.5
+    assert table["accuracy"].between(0, 1).all() and table["pointing"].between(0, 1).all()

@@ -31,6 +31,8 @@ from neurocore.evaluate._final_layer import (
     text_cosine,
 )
 
+from neurocore.evaluate._where import choose_threshold, map_boxes, map_points, pointing_game, where_benchmark
+from neurocore.evaluate._summaries import highest_similarity, probe_size_effect, top_concept_counts
 from neurocore.evaluate._misprediction import MispredictionAUROC, misprediction_auroc
 from neurocore.evaluate._www_metrics import WWWMetrics, www_metrics
 
@@ -73,4 +75,14 @@ __all__: list[str] = [
     "box_iou",
     "whole_image_boxes",
     "centred_boxes",
+    # the "where" benchmark over any maps (ALGORITHMS.md §5)
+    "where_benchmark",
+    "choose_threshold",
+    "map_boxes",
+    "map_points",
+    "pointing_game",
+    # the analysis report's summaries
+    "highest_similarity",
+    "top_concept_counts",
+    "probe_size_effect",
 ]
