@@ -13,7 +13,17 @@ from pathlib import Path
 import torch
 
 from neurocore._errors import NeurocoreError
-from neurocore.report._html import _CSS, EXAMPLE_CSS, _e, _encode, _num, _to_pil, write_page
+from neurocore.report._html import (
+    _CSS,
+    EXAMPLE_CSS,
+    _e,
+    _num,
+    _to_pil,
+    figure_strip,
+    page_head,
+    require_method,
+    write_page,
+)
 
 
 @dataclass(frozen=True)
@@ -122,14 +132,9 @@ def write_hint_report(
         >>> text = page.read_text(); text.count("data:image/png") >= 1, "collaborative neurons" in text
         (True, True)
     """
-    from neurocore.methods import Explanations
     from neurocore.methods.hint import association_figure, collaborative_neurons, contribution_matrix, multimodal_neurons
 
-    if not isinstance(explanations, Explanations) or explanations.method != "hint":
-        raise NeurocoreError(
-            f"explanations must be HINT's Explanations (method 'hint'); got "
-            f"{getattr(explanations, 'method', type(explanations).__name__)!r}"
-        )
+    require_method(explanations, "hint")
     if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
         raise NeurocoreError(f"top_n must be an integer >= 1; got {top_n!r}")
     layers = explanations.layers
@@ -142,18 +147,11 @@ def write_hint_report(
     collab = collaborative_neurons(phi, None, top_n)
     examples = dict(examples or {})
 
-    parts = [f"<h1>{_e(title)}</h1>"]
-    if intro:
-        parts.append(f"<p>{_e(intro)}</p>")
     meta = [("layer", layer), ("neurons", len(phi)), ("concepts", len(concepts))]
     for key in ("saliency", "aggregation", "threshold", "classifier", "contribution", "images"):
         if key in explanations.params:
             meta.append((key, explanations.params[key]))
-    text = " · ".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in meta)
-    shown = [f for f in links if (Path(out_dir) / f).is_file()]
-    if shown:
-        text += " · files: " + ", ".join(f"<a href='{_e(f)}'>{_e(f)}</a>" for f in shown)
-    parts.append(f"<p class='meta'>{text}</p>")
+    parts = page_head(title, intro, meta, out_dir, links)
     parts.append(
         "<p class='meta'>Responsible regions: cells whose aggregated layer saliency of the image's class exceeds "
         "the threshold (red). Concept cells: cells the concept's linear classifier marks positive (probability "
@@ -177,8 +175,7 @@ def write_hint_report(
                     ("responsible regions", overlay(ex.images[i], ex.regions[i])),
                     (f"{concept} cells", overlay(ex.images[i], ex.cells[i], (40, 160, 230))),
                 ]
-                figs = "".join(f"<figure><img src='data:{_encode(im, thumbnail_size)}' alt='{_e(what)}'>"
-                               f"<figcaption>{_e(what)}</figcaption></figure>" for what, im in imgs)
+                figs = figure_strip(imgs, thumbnail_size)
                 cells.append(f"<div class='ex'>{figs}<div class='meta'>{_e(cap)}</div></div>")
             parts.append("<h3>Example images</h3>" + "".join(cells))
     multi = multimodal_neurons(phi, None, top_n)

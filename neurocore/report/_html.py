@@ -180,6 +180,39 @@ def write_page(out_dir, filename: str, title: str, css: str, parts, *, script: s
     return path
 
 
+def require_method(explanations, method: str) -> None:
+    """Raise unless ``explanations`` are an :class:`~neurocore.methods.Explanations` of ``method``."""
+    from neurocore.methods import Explanations
+
+    if not isinstance(explanations, Explanations) or explanations.method != method:
+        raise NeurocoreError(
+            f"explanations must be {method.upper()}'s Explanations (method {method!r}); got "
+            f"{getattr(explanations, 'method', type(explanations).__name__)!r}"
+        )
+
+
+def page_head(title: str, intro: str | None, meta, out_dir, links) -> list[str]:
+    """The opening parts of a report page: the title, ``intro``, and one line of ``(key, value)`` facts
+    with links to those of ``links`` that exist in ``out_dir``."""
+    parts = [f"<h1>{_e(title)}</h1>"]
+    if intro:
+        parts.append(f"<p>{_e(intro)}</p>")
+    text = " · ".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in meta)
+    shown = [f for f in links if (Path(out_dir) / f).is_file()]
+    if shown:
+        text += " · files: " + ", ".join(f"<a href='{_e(f)}'>{_e(f)}</a>" for f in shown)
+    parts.append(f"<p class='meta'>{text}</p>")
+    return parts
+
+
+def figure_strip(figures, size: int) -> str:
+    """``(caption, image)`` pairs as captioned thumbnails of edge ``size`` (PIL images or [3, H, W] tensors)."""
+    return "".join(
+        f"<figure><img src='data:{_encode(_to_pil(im), size)}' alt='{_e(what)}'><figcaption>{_e(what)}</figcaption></figure>"
+        for what, im in figures
+    )
+
+
 def _e(text) -> str:
     return html.escape(str(text), quote=True)
 

@@ -12,7 +12,17 @@ from pathlib import Path
 import torch
 
 from neurocore._errors import NeurocoreError
-from neurocore.report._html import _CSS, EXAMPLE_CSS, _e, _encode, _num, _to_pil, write_page
+from neurocore.report._html import (
+    _CSS,
+    EXAMPLE_CSS,
+    _e,
+    _num,
+    _to_pil,
+    figure_strip,
+    page_head,
+    require_method,
+    write_page,
+)
 
 
 @dataclass(frozen=True)
@@ -149,14 +159,9 @@ def write_www_report(
         >>> "<code>red</code>" in text, text.count("data:image/"), "0.2500" in text
         (True, 4, True)
     """
-    from neurocore.methods import Explanations
     from neurocore.methods.www import minor_concepts
 
-    if not isinstance(explanations, Explanations) or explanations.method != "www":
-        raise NeurocoreError(
-            f"explanations must be WWW's Explanations (method 'www'); got "
-            f"{getattr(explanations, 'method', type(explanations).__name__)!r}"
-        )
+    require_method(explanations, "www")
     if isinstance(max_neurons, bool) or not isinstance(max_neurons, int) or max_neurons < 0:
         raise NeurocoreError(f"max_neurons must be an integer >= 0; got {max_neurons!r}")
     layers = explanations.layers
@@ -167,19 +172,12 @@ def write_www_report(
     examples = dict(examples or {})
     params = explanations.params
 
-    parts = [f"<h1>{_e(title)}</h1>"]
-    if intro:
-        parts.append(f"<p>{_e(intro)}</p>")
     interpretable = sum(bool(n.concepts) for n in neurons)
     meta = [("layer", layer), ("neurons", len(neurons)), ("with a major concept", interpretable)]
     for key in ("concept_source", "template", "n_images", "alpha_major", "alpha_minor", "crop_fraction"):
         if key in params:
             meta.append((key, params[key]))
-    text = " · ".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in meta)
-    shown = [f for f in links if (Path(out_dir) / f).is_file()]
-    if shown:
-        text += " · files: " + ", ".join(f"<a href='{_e(f)}'>{_e(f)}</a>" for f in shown)
-    parts.append(f"<p class='meta'>{text}</p>")
+    parts = page_head(title, intro, meta, out_dir, links)
     parts.append(
         "<p class='meta'>Major concepts: concepts whose adaptive cosine similarity (ACS) over the neuron's top images "
         "exceeds α_major · max; minor concepts: the same over the crops around the neuron's highest cell, with α_minor "
@@ -199,8 +197,7 @@ def write_www_report(
                 figs = [("image", ex.images[i])]
                 if ex.crops is not None and i < len(ex.crops):
                     figs.append(("crop", ex.crops[i]))
-                body = "".join(f"<figure><img src='data:{_encode(_to_pil(im), thumbnail_size)}' alt='{_e(what)}'>"
-                               f"<figcaption>{_e(what)}</figcaption></figure>" for what, im in figs)
+                body = figure_strip(figs, thumbnail_size)
                 cells.append(f"<div class='ex'>{body}<div class='meta'>{_e(cap)}</div></div>")
             parts.append("".join(cells))
         parts.append("</div>")
@@ -215,8 +212,7 @@ def write_www_report(
         for h in heatmaps:
             figs = [("image", _to_pil(h.image)), ("class heatmap", heatmap_overlay(h.image, h.class_heatmap)),
                     ("sample heatmap", heatmap_overlay(h.image, h.sample_heatmap))]
-            body = "".join(f"<figure><img src='data:{_encode(im, thumbnail_size * 2)}' alt='{_e(what)}'>"
-                           f"<figcaption>{_e(what)}</figcaption></figure>" for what, im in figs)
+            body = figure_strip(figs, thumbnail_size * 2)
             sim = float(h.similarity)
             parts.append(f"<div class='ex heat'>{body}<div class='meta'>{_e(h.caption)} · similarity "
                          f"<b class='sim'>{'nan' if math.isnan(sim) else f'{sim:.4f}'}</b></div></div>")
