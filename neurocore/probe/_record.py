@@ -217,13 +217,6 @@ def _probe_length(probe) -> int:
     return n
 
 
-def _forward(model, modules, images, device, dtype, keep, where, layouts=None):
-    """One forward pass with hooks on ``modules`` (:func:`~neurocore.probe._forward.hooked_forward`);
-    returns ({name: keep(name, output)}, {name: calls})."""
-    outputs, calls, _ = hooked_forward(model, modules, images, keep=keep, layouts=layouts, device=device, dtype=dtype, where=where)
-    return outputs, calls
-
-
 class _Recording:
     """One call of :func:`record`: walks the probe chunk by chunk, reusing cached rows and computing
     the rest, writing finished chunks and feeding them to the recorder in dataset order."""
@@ -306,8 +299,9 @@ class _Recording:
             sel = idx[any_need].tolist()
             where = f"batch {b} (dataset indices {sel[0]}..{sel[-1]})"
             inputs = batch.images if bool(any_need.all()) else batch.images[any_need]
-            computed, calls = _forward(
-                self.model, hooked, inputs, self.device, self.dtype, self._summarise, where, self.layouts
+            computed, calls, _ = hooked_forward(
+                self.model, hooked, inputs, keep=self._summarise, layouts=self.layouts, device=self.device,
+                dtype=self.dtype, where=where,
             )
             for name, s in computed.items():
                 check_finite(s, name, where)
