@@ -29,3 +29,15 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]
         ['layer4', 'layer1']
     """
     return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` when it is an integer >= 1 (not a bool); else a NeurocoreError naming ``name``.
+
+    Example:
+        >>> positive_int(3, "batch_size")
+        3
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise NeurocoreError(f"{name} must be an integer >= 1; got {value!r}")
+    return value

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from neurocore._errors import NeurocoreError
+from neurocore._errors import positive_int as _positive_int  # noqa: F401  (imported from here by the evaluations)
 from neurocore.probe._layers import eval_mode
 from neurocore.probe._replace import Head
 from neurocore.probe._store import ActivationStore, LayerActivations
@@ -151,12 +152,6 @@ def _units(units, C: int) -> torch.Tensor:
     if u.unique().numel() != u.numel():
         raise NeurocoreError("units repeats neuron indices; give each once")
     return u
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise NeurocoreError(f"{name} must be an integer >= 1; got {value!r}")
-    return value
 
 
 def _positive_float(value, name: str) -> float:

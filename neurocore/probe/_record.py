@@ -13,9 +13,10 @@ from torch import nn
 
 from neurocore._errors import NeurocoreError
 from neurocore.probe._cache import LayerCache, cacheable_preprocessing, check_cached_rows, recording_key, row_digests
-from neurocore.probe._data import iter_batches, probe_length
+from neurocore.probe._data import iter_batches
 from neurocore.probe._forward import hooked_forward
 from neurocore.probe._layout import layer_layouts
+from neurocore.probe._maps import _probe_length
 from neurocore.probe._maps import spatial_maps  # noqa: F401  (its home before the probe/ split)
 from neurocore.probe._layers import (
     eval_mode,
@@ -208,13 +209,6 @@ def record(
 
 
 # ----------------------------------------------------------------------------------------------
-
-
-def _probe_length(probe) -> int:
-    n = probe_length(probe)
-    if n == 0:
-        raise NeurocoreError("the probe set is empty: give a dataset with at least one image")
-    return n
 
 
 class _Recording:

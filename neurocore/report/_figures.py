@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from neurocore._errors import NeurocoreError
+from neurocore._errors import positive_int as _positive_int
 
 # ----------------------------------------------------------------------------------------------
 # Area chart
@@ -153,8 +154,3 @@ def _plot_area(table, cols, ax, path):
     if path is not None:
         (fig or ax.figure).savefig(path, bbox_inches="tight")
 
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise NeurocoreError(f"{name} must be an integer >= 1; got {value!r}")
-    return value
