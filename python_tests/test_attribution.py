@@ -73,6 +73,33 @@ def test_cam_points_at_the_planted_object():
     assert bool((maps[0] > 0.5).equal(x[0, 0] > 0.5))
 
 
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam"])
+def test_cams_of_a_model_without_parameters(method):
+    # grad-cam reads the device from the model's first parameter (StopIteration before the fix): the same
+    # maps as the same computation with one parameter
+    class Layer(nn.Module):
+        def forward(self, x):
+            return torch.relu(x[:, :1] - x[:, 1:2] - x[:, 2:3])
+
+    class Net(nn.Module):
+        def __init__(self, with_parameter):
+            super().__init__()
+            self.detector = Layer()
+            if with_parameter:
+                self.unused = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            m = self.detector(x).mean((2, 3))
+            return torch.cat([m, -m], 1)
+
+    x = torch.zeros(2, 3, 8, 8); x[0, 0, 2:5, 3:6] = 1.0; x[1, 0, 0:3, 0:2] = 1.0
+    bare, marked = Net(False), Net(True)
+    assert next(bare.parameters(), None) is None
+    maps = attribute(bare, x, 0, method=method, layer="detector", batch_size=2)
+    assert torch.equal(maps, attribute(marked, x, 0, method=method, layer="detector", batch_size=2))
+    assert bool((maps > 0.5).equal(x[:, 0] > 0.5))  # on the red squares
+
+
 def test_errors():
     net = _net()
     with pytest.raises(NeurocoreError, match="method must be one of"):

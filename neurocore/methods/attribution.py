@@ -44,6 +44,18 @@ def _check(model, images, targets) -> torch.Tensor:
     return t
 
 
+class _WithDevice(torch.nn.Module):
+    """``model`` as it is, plus one empty parameter that says which device it runs on."""
+
+    def __init__(self, model, device):
+        super().__init__()
+        self.model = model
+        self.device_marker = torch.nn.Parameter(torch.empty(0, device=device), requires_grad=False)
+
+    def forward(self, x):
+        return self.model(x)
+
+
 def _cam(model, images, targets, method, module, batch_size) -> np.ndarray:
     try:
         import pytorch_grad_cam
@@ -52,6 +64,10 @@ def _cam(model, images, targets, method, module, batch_size) -> np.ndarray:
         raise _missing("grad-cam", exc) from exc
     cls = getattr(pytorch_grad_cam, _CAM_CLASSES[method])
     kwargs = {"batch_size": batch_size} if method == "ablationcam" else {}
+    if next(model.parameters(), None) is None:
+        # grad-cam takes its device from the model's first parameter; a model without any (fixed filters,
+        # a planted model) runs through a wrapper holding one empty parameter on the images' device.
+        model = _WithDevice(model, images.device)
     with cls(model=model, target_layers=[module], **kwargs) as cam:
         if method == "gradcam":
             # BaseCAM's switch: gradients reach the layer even when nothing before it has parameters
