@@ -158,6 +158,22 @@ def record(
             progress=progress, chunk_size=chunk_size))
     if address is not None or shards is not None:
         raise NeurocoreError("address= and shards= apply to engine='ray' only; pass engine='ray' or drop them")
+    return _record_local(
+        model, layers, probe, summary=summary, layout=layout, top_k=top_k, batch_size=batch_size,
+        transform=transform, transform_key=transform_key, device=device, cache_dir=cache_dir,
+        num_workers=num_workers, progress=progress, chunk_size=chunk_size,
+    )
+
+
+def _record_local(
+    model, layers, probe, *, summary, layout, top_k, batch_size, transform, transform_key, device, cache_dir,
+    num_workers, progress, chunk_size, base_key=None, merge=False,
+) -> ActivationStore:
+    """``record``'s local path. ``base_key``: the :func:`recording_key` when the caller computed it
+    already (it hashes every weight). ``merge``: the single reader of a Ray run
+    (:mod:`neurocore.scale._ray`), whose chunks were all checked or written in this run: the content
+    check of reused rows already ran (before the workers) and every row was read or digest-checked by a
+    worker, so the reader neither re-checks rows nor reads the probe while the chunks are all on disk."""
     modules = resolve_layers(model, layers)
     names = list(modules)
     summaries = layer_summaries(summary, names)
@@ -167,19 +183,21 @@ def record(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise NeurocoreError(f"{what} must be an integer >= 1; got {value!r}")
     n = _probe_length(probe)
-    base_key = recording_key(model, probe, transform, transform_key)
+    if base_key is None:
+        base_key = recording_key(model, probe, transform, transform_key)
     caches = None
-    if cache_dir is not None and cacheable_preprocessing(transform, probe, transform_key):
+    if cache_dir is not None and (merge or cacheable_preprocessing(transform, probe, transform_key)):
         caches = {
             name: LayerCache(cache_dir, {**base_key, "layer": name, "summary": summaries[name], "layout": layouts[name]}, chunk_size)
             for name in names
         }
-        # what the key cannot see: recompute a few reused rows, clear layers that no longer match
-        check_cached_rows(caches, model, modules, summaries, probe, transform, model_device(model, device),
-                          verify_rows=base_key["probe_fingerprint"] is None, layouts=layouts)
+        if not merge:
+            # what the key cannot see: recompute a few reused rows, clear layers that no longer match
+            check_cached_rows(caches, model, modules, summaries, probe, transform, model_device(model, device),
+                              verify_rows=base_key["probe_fingerprint"] is None, layouts=layouts)
     run = _Recording(
         model, modules, summaries, probe, recorder, caches, chunk_size, model_device(model, device),
-        verify_rows=caches is not None and base_key["probe_fingerprint"] is None, layouts=layouts,
+        verify_rows=caches is not None and not merge and base_key["probe_fingerprint"] is None, layouts=layouts,
     )
     with eval_mode(model):
         run.run(batch_size, transform, num_workers, progress)
@@ -209,6 +227,11 @@ def record(
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+# Rows of cached chunks joined into one recorder update when a recording reads its cache back: large
+# enough that few top-k merges run, small enough that the joined copy stays a small part of the store.
+_CACHED_ROWS = 8192
 
 
 class _Recording:
@@ -257,11 +280,7 @@ class _Recording:
         from tqdm.auto import tqdm
 
         c0 = self._first_to_run()
-        for c in range(c0):
-            first = self.cached[next(iter(self.modules))][c]
-            self._emit(c, {name: self.cached[name][c] for name in self.modules}, first)
-            for name in self.modules:
-                self.cached[name][c] = None  # the recorder keeps what it needs
+        self._emit_cached(c0)
         self._next = c0
         if c0 == self.num_chunks:
             return
@@ -409,6 +428,49 @@ class _Recording:
             self.cached[name][c] = None  # free it: the recorder keeps what it needs
             self._lookup.pop((name, c), None)
         self._emit(c, chunks, chunks[next(iter(self.modules))])
+
+    def _emit_cached(self, stop: int) -> None:
+        """Feed chunks ``0..stop-1``, all from the cache, to the recorder: consecutive chunks joined into
+        updates of about ``_CACHED_ROWS`` rows. One ``ops.topk`` per update instead of a ``topk_merge``
+        of the running top-k per chunk (which re-sorts all k rows of every neuron): reading a cache of many
+        small chunks (a store merged from many shards) then costs little more than one of few large
+        chunks. The store is the same bit for bit (the streamed top-k equals the one-shot top-k)."""
+        group: list[tuple[int, dict]] = []
+        rows = 0
+        for c in range(stop):
+            chunks = {name: self.cached[name][c] for name in self.modules}
+            for name in self.modules:
+                self.cached[name][c] = None  # the recorder keeps what it needs
+            group.append((c, chunks))
+            rows += chunks[next(iter(self.modules))]["dataset_indices"].numel()
+            if rows >= _CACHED_ROWS or c == stop - 1:
+                self._emit_group(group)
+                group, rows = [], 0
+
+    def _emit_group(self, group: list[tuple[int, dict]]) -> None:
+        firsts = [chunks[next(iter(self.modules))] for _, chunks in group]
+        has = {first["labels"] is not None for first in firsts if first["dataset_indices"].numel()}
+        ragged = any(
+            len({chunks[name]["summaries"].shape[1:] for _, chunks in group if chunks[name]["dataset_indices"].numel()}) > 1
+            for name in self.modules
+        )
+        if len(group) == 1 or len(has) > 1 or ragged:
+            # mixed labels or neuron counts: chunk by chunk, so that the recorder names the problem
+            for (c, chunks), first in zip(group, firsts):
+                self._emit(c, chunks, first)
+            return
+        joined = {
+            name: {"summaries": torch.cat([chunks[name]["summaries"] for _, chunks in group if chunks[name]["dataset_indices"].numel()] or [torch.empty(0, 0)])}
+            for name in self.modules
+        }
+        kept = [first for first in firsts if first["dataset_indices"].numel()]
+        first = {
+            "skipped": [s for f in firsts for s in f["skipped"]],
+            "dataset_indices": torch.cat([f["dataset_indices"] for f in firsts]),
+            "ids": [i for f in kept for i in f["ids"]],
+            "labels": torch.cat([f["labels"] for f in kept]) if has == {True} else None,
+        }
+        self._emit(group[0][0], joined, first)
 
     def _emit(self, c, chunks, first):
         self.skipped += [(int(i), str(why)) for i, why in first["skipped"]]

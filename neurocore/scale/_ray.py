@@ -5,24 +5,37 @@ How it works (``record(..., engine="ray")``):
 
 1. The probe's dataset indices are cut into ``chunk_size`` chunks (the cache's unit) and the chunks into
    ``shards`` contiguous runs (:func:`shard_chunks`).
-2. The model and the probe are put into Ray's object store once (``ray.put``); one Ray task per shard
+2. The model and the probe are put into Ray's object store once (``ray.put``; their plain CPU tensors
+   out of band, see :func:`_pack`), with the cache key the driver computed; one Ray task per shard
    records its chunks with the same code as the local path and writes them, atomically, into the same
    cache folders (same keys) a local ``record`` would use. A shard whose chunks are all on disk already
    (a finished shard of an interrupted run) is not launched again.
-3. The driver then runs the local ``record`` over the full probe with that ``cache_dir``: it reads the
-   chunks in dataset order and feeds them to one :class:`~neurocore.probe._recorder.ActivationRecorder`,
-   which appends the summaries row by row and merges each neuron's top-k with ``ops.topk_merge`` (ties
-   by the lower row). The result is therefore the local result: the same rows in the same order, the
-   same top-k, the same ``skipped``, and the same cache content check (two rows recomputed).
+3. The driver then runs the local ``record`` over the full probe with that ``cache_dir`` as the single
+   reader: it reads the chunks in dataset order and feeds them to one
+   :class:`~neurocore.probe._recorder.ActivationRecorder`, which appends the summaries row by row and
+   selects each neuron's top-k with ``ops.topk``/``ops.topk_merge`` (ties by the lower row; consecutive
+   chunks joined into one update, so many shards cost little more than few). The result is therefore the
+   local result: the same rows in the same order, the same top-k, the same ``skipped``. The cache
+   content check (two reused rows recomputed) runs once, on the chunks found before the workers start;
+   the chunks written by this run's workers come from the model and probe sent to them, so the reader
+   reads chunk files only: no image is decoded and no forward pass runs in the merge.
+
+Costs against one process (``benchmarks/bench_ray.py``): the driver hashes the weights once (the cache
+key, sent to the tasks), pickles the model and probe once into the object store (``ray.put``; the
+tensors' bytes go in as they are, which is several times faster than torch's own pickling), each task
+unpacks them (one copy of each tensor) and runs its shard with one thread (two workers on two cores do
+the work of one process with two threads), and the reader loads the chunk files. Starting the workers (a Python
+process importing torch and neurocore each) is a one-off cost of a new cluster: Ray keeps its worker
+processes and reuses them for later tasks.
 
 Each forward pass sees the images it would see in one process when ``chunk_size`` is a multiple of
 ``batch_size`` (batches are cut at multiples of ``batch_size`` from the shard's first index, unreadable
 images dropped from their batch, exactly as locally); the stores are then equal bit for bit. Otherwise
 batches differ at shard edges and the rows agree up to the batch-size dependence of the kernels.
 
-A probe without a fingerprint (a plain list) is read again by the reader and each cached row is reused
-only when its digest matches (the local cache rule), so its images are decoded twice; its forward
-passes still run only in the workers.
+A probe without a fingerprint (a plain list) has no finished shards to skip: every task reads its
+images and reuses a cached row only when its digest matches (the local cache rule), so every chunk the
+reader finds was checked in this run.
 """
 
 from __future__ import annotations
@@ -105,6 +118,87 @@ def _ensure_ray(address):
     return ray
 
 
+def _check_shards(shards) -> None:
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
+        raise NeurocoreError(f"shards must be an integer >= 1 or None (one per Ray CPU or GPU); got {shards!r}")
+
+
+def _placement(ray, gpu: bool, shards: int | None) -> tuple[int, dict]:
+    """``(shards, Ray task options)``: None shards -> one per GPU (work on CUDA) or CPU of the cluster;
+    a task takes one GPU (and no CPU slot) or one CPU. Shared by the recording and the VLM encoding."""
+    if shards is None:
+        shards = max(1, int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)))
+    return shards, {"num_gpus": 1 if gpu else 0, "num_cpus": 0 if gpu else 1, "max_retries": 2}
+
+
+# -- shipping the model and the probe -----------------------------------------------------------------
+# Pickling an nn.Module the default way writes every tensor through torch's own reducer into the pickle
+# stream (a copy in the driver, another into Ray's object store, another when a task unpickles it). A
+# plain CPU tensor that owns its whole storage is sent instead as a uint8 NumPy view, which pickle
+# protocol 5 and Ray's object store pass out of band: written once into shared memory, read in place by
+# the tasks, which copy it into a fresh tensor of the same dtype, shape and strides. Everything else
+# (views into a larger storage, CUDA, sparse or quantized tensors, subclasses, tensors
+# with Python attributes) keeps torch's reducer. Shared tensors stay shared (pickle's memo).
+
+_PACKABLE = {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8,
+             torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64, torch.complex128}
+
+
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _packable(t) -> bool:
+    return (
+        type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.layout == torch.strided
+        and t.dtype in _PACKABLE and not t.__dict__ and not t.is_conj() and not t.is_neg()
+        and (type(t) is torch.nn.Parameter or not t.requires_grad)
+        and t.storage_offset() == 0 and t.stride() == _contiguous_strides(t.shape)
+        and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    )
+
+
+def _unpack_tensor(data, dtype, shape, requires_grad, parameter):
+    import numpy as np
+
+    t = torch.from_numpy(np.array(data, copy=True)).view(dtype).reshape(shape)  # owned, writable memory
+    return torch.nn.Parameter(t, requires_grad=requires_grad) if parameter else t
+
+
+def _pack(obj) -> tuple[bytes, list]:
+    """``obj`` pickled (cloudpickle, protocol 5) with its plain CPU tensors as out-of-band buffers:
+    ``(stream, buffers)``; :func:`_unpack` inverts it. Put the pair in Ray's object store."""
+    import io
+    import pickle
+
+    import numpy as np
+    from ray import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):
+        def reducer_override(self, o):
+            if isinstance(o, torch.Tensor) and _packable(o):
+                data = o.detach().reshape(-1).view(torch.uint8).numpy()
+                return _unpack_tensor, (data, o.dtype, tuple(o.shape), o.requires_grad, type(o) is torch.nn.Parameter)
+            return super().reducer_override(o)
+
+    buffers: list[pickle.PickleBuffer] = []
+    stream = io.BytesIO()
+    Pickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
+    # NumPy views of the buffers (no copy): Ray's object store takes them out of band in turn
+    return stream.getvalue(), [np.frombuffer(b.raw(), dtype=np.uint8) for b in buffers]
+
+
+def _unpack(packed):
+    import pickle
+
+    stream, buffers = packed
+    return pickle.loads(stream, buffers=buffers)
+
+
 class _Prefix(torch.utils.data.Dataset):
     """The first ``stop`` items of a probe, keeping its image ids (a shard reads up to its last index)."""
 
@@ -123,8 +217,10 @@ class _Prefix(torch.utils.data.Dataset):
 
 
 def _shard_job(model, layers, probe, chunks, settings):
-    """Record chunks ``chunks`` (a range) of the probe into the cache; returns (chunks written, forward passes)."""
-    from neurocore.probe._cache import LayerCache, recording_key
+    """Record chunks ``chunks`` (a range) of the probe into the cache; returns the number of chunks written.
+    ``model`` and ``probe`` arrive packed (:func:`_pack`)."""
+    model, probe = _unpack(model), _unpack(probe)
+    from neurocore.probe._cache import LayerCache
     from neurocore.probe._layers import eval_mode, layer_summaries, model_device, resolve_layers
     from neurocore.probe._layout import layer_layouts
     torch.set_num_threads(settings["threads"])
@@ -132,7 +228,7 @@ def _shard_job(model, layers, probe, chunks, settings):
     names = list(modules)
     summaries = layer_summaries(settings["summary"], names)
     layouts = layer_layouts(settings["layout"], names)
-    base_key = recording_key(model, probe, settings["transform"], settings["transform_key"])
+    base_key = settings["base_key"]  # the driver's: hashing every weight again in each task would cost as much
     chunk_size = settings["chunk_size"]
     caches = {
         name: LayerCache(settings["cache_dir"], {**base_key, "layer": name, "summary": summaries[name], "layout": layouts[name]}, chunk_size)
@@ -194,10 +290,9 @@ def record_ray(model, layers, probe, *, shards, address, record_kwargs):
     from neurocore.probe._data import probe_length
     from neurocore.probe._layers import layer_summaries, model_device, resolve_layers
     from neurocore.probe._layout import layer_layouts
-    from neurocore.probe._record import record
+    from neurocore.probe._record import _record_local
 
-    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
-        raise NeurocoreError(f"shards must be an integer >= 1 or None (one per Ray CPU or GPU); got {shards!r}")
+    _check_shards(shards)
     kw = dict(record_kwargs)
     chunk_size, batch_size = kw["chunk_size"], kw["batch_size"]
     for value, what in ((batch_size, "batch_size"), (chunk_size, "chunk_size")):
@@ -238,9 +333,7 @@ def record_ray(model, layers, probe, *, shards, address, record_kwargs):
                       verify_rows=base_key["probe_fingerprint"] is None, layouts=layouts)
     num_chunks = math.ceil(n / chunk_size)
     gpu = device.type == "cuda"
-    resources = ray.cluster_resources()
-    if shards is None:
-        shards = max(1, int(resources.get("GPU" if gpu else "CPU", 1)))
+    shards, options = _placement(ray, gpu, shards)
     runs = shard_chunks(num_chunks, shards)
     if base_key["probe_fingerprint"] is not None:
         # Finished shards of an interrupted run: every chunk of every layer on disk.
@@ -251,9 +344,10 @@ def record_ray(model, layers, probe, *, shards, address, record_kwargs):
             "summary": kw["summary"], "layout": kw["layout"], "transform": transform, "transform_key": transform_key,
             "chunk_size": chunk_size, "batch_size": batch_size, "cache_dir": str(kw["cache_dir"]),
             "num_workers": kw["num_workers"], "threads": 1 if not gpu else torch.get_num_threads(),
+            "base_key": base_key,
         }
-        task = ray.remote(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1, max_retries=2)(_shard_job)
-        model_ref, probe_ref = ray.put(model), ray.put(probe)  # sent once, shared by every task
+        task = ray.remote(**options)(_shard_job)
+        model_ref, probe_ref = ray.put(_pack(model)), ray.put(_pack(probe))  # sent once, shared by every task
         pending = [task.remote(model_ref, names, probe_ref, r, settings) for r in runs]
         from tqdm.auto import tqdm
 
@@ -262,5 +356,7 @@ def record_ray(model, layers, probe, *, shards, address, record_kwargs):
                 done, pending = ray.wait(pending, num_returns=1)
                 ray.get(done)  # a worker's error surfaces here, with its traceback
                 bar.update(len(done))
-    # The single reader: the local path over the full probe, every chunk now on disk.
-    return record(model, layers, probe, **{**kw, "progress": False})
+    # The single reader: the local path over the full probe, every chunk now on disk and checked (the
+    # reused ones by check_cached_rows above, the others written by this run's workers from this model):
+    # it reads the chunk files only, no image and no forward pass.
+    return _record_local(model, layers, probe, **{**kw, "progress": False}, base_key=base_key, merge=True)
