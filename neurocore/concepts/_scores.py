@@ -141,6 +141,8 @@ class ConceptScores:
         num_workers: int = 0,
         cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        engine: str = "local",
+        address: str | None = None,
     ) -> ConceptScores:
         """Cosine similarities of a probe set's images and a concept set's texts (CLIP-Dissect's ``S``).
 
@@ -165,6 +167,9 @@ class ConceptScores:
                 weights digest, preprocessing, dataset fingerprint; concept list digest, template),
                 so another concept set reuses the image embeddings and nothing stale is ever reused.
             progress: progress bars (tqdm).
+            engine, address: ``"local"`` (default) or ``"ray"``: images and texts are encoded in Ray
+                shards (:func:`neurocore.vlm.embed_images`, :func:`neurocore.vlm.embed_texts`; the same
+                embeddings as locally), on the cluster at ``address`` (None: a local one).
 
         Returns:
             ConceptScores ``[N, M]`` of cosines in [-1, 1], ``source=vlm.identity``, ``image_ids`` of
@@ -178,8 +183,9 @@ class ConceptScores:
 
         vlm = check_vlm(vlm)
         images = embed_images(vlm, probe, batch_size=batch_size, num_workers=num_workers,
-                              cache_dir=cache_dir, progress=progress)
-        return cls.from_image_embeddings(vlm, images, concepts, template=template, cache_dir=cache_dir, progress=progress)
+                              cache_dir=cache_dir, progress=progress, engine=engine, address=address)
+        return cls.from_image_embeddings(vlm, images, concepts, template=template, cache_dir=cache_dir, progress=progress,
+                                         engine=engine, address=address)
 
     @classmethod
     def from_image_embeddings(
@@ -191,6 +197,8 @@ class ConceptScores:
         template: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        engine: str = "local",
+        address: str | None = None,
     ) -> ConceptScores:
         """:meth:`from_vlm` for image embeddings already computed by :func:`neurocore.vlm.embed_images`
         with the same ``vlm`` (so a caller that needs them again does not encode the probe twice).
@@ -200,7 +208,8 @@ class ConceptScores:
 
         vlm = check_vlm(vlm)
         names = load_concepts(concepts)
-        texts = embed_texts(vlm, names, template=template, cache_dir=cache_dir, progress=progress)
+        texts = embed_texts(vlm, names, template=template, cache_dir=cache_dir, progress=progress, engine=engine,
+                            address=address)
         if images.embeddings.shape[1] != texts.shape[1]:
             raise NeurocoreError(
                 f"the vlm's image embeddings have {images.embeddings.shape[1]} dimensions but its text "

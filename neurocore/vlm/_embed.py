@@ -153,8 +153,13 @@ def embed_images(
     num_workers: int = 0,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
+    shards: int | None = None,
+    chunk_size: int = 1024,
 ) -> ImageEmbeddings:
-    """Encode a probe set's images with a vision–language model (batched, optionally cached).
+    """Encode a probe set's images with a vision–language model (batched, optionally cached), in this
+    process or on Ray workers.
 
     The images go through :func:`neurocore.probe.iter_batches` with ``transform=vlm.preprocess``,
     the loop that records activations, so row i here is row i there: same order, same unreadable
@@ -172,13 +177,31 @@ def embed_images(
             repr does not describe it (torchvision's ``Lambda``, a function or lambda), since another
             preprocessing would share the key.
         progress: show a progress bar.
+        engine: ``"local"`` (default: this process) or ``"ray"``: the probe's chunks (``chunk_size``
+            images) are cut into ``shards`` contiguous runs that Ray tasks (one GPU each when
+            ``vlm.device`` is CUDA, else one CPU) encode into the cache folder (``cache_dir``, or a
+            temporary folder on a local cluster); this process merges them in order
+            (:mod:`neurocore.scale._ray_embed`). The result equals the local one bit for bit when
+            ``chunk_size`` is a multiple of ``batch_size`` (every forward pass then sees the local
+            batch; otherwise batches at run edges differ and rows agree up to the batch-size
+            dependence of the kernels). An interrupted run resumes: chunks on disk are not encoded
+            again. The vlm and the probe must be picklable. Needs ``pip install neurocore[ray]``.
+        address: the Ray cluster for ``engine="ray"``: None (default: the running one, else a new
+            local one), ``"auto"`` or ``"HOST:6379"`` (after ``ray start --head``); then ``cache_dir``
+            must be on storage every node shares.
+        shards: runs of chunks for ``engine="ray"``; None (default): one per CPU (GPU) of the cluster.
+        chunk_size: images per chunk for ``engine="ray"`` (the unit written to disk and of
+            resumption); default 1024 (``record``'s).
 
     Returns:
         :class:`ImageEmbeddings` (unit-norm rows; an all-zero embedding stays zero).
 
     Raises:
         NeurocoreError: not a vision–language model, a probe yielding tensors, no readable image,
-            embeddings of the wrong shape or with NaN.
+            embeddings of the wrong shape or with NaN; an unknown ``engine``; ``address``/``shards``
+            without ``engine="ray"``; with ``engine="ray"``: ray not installed, ``shards`` or
+            ``chunk_size`` below 1, preprocessing whose repr does not describe it, or a remote
+            ``address`` without ``cache_dir``.
 
     Example:
         >>> import types, PIL.Image, torchvision.transforms as T
@@ -191,6 +214,7 @@ def embed_images(
     vlm = check_vlm(vlm)
     from neurocore.probe import iter_batches
 
+    _check_engine(engine, address, shards)
     key, path, hit = _image_cache(vlm, probe, cache_dir)
     if hit is not None:
         return hit
@@ -198,6 +222,16 @@ def embed_images(
         n = len(probe)
     except TypeError:
         raise NeurocoreError(f"the probe must be a map-style dataset with a length; got {type(probe).__name__}") from None
+    if engine == "ray":
+        from neurocore.scale._ray_embed import embed_images_ray
+
+        embs, indices, ids, skipped = embed_images_ray(
+            vlm, probe, key, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+            chunk_size=chunk_size, shards=shards, address=address, progress=progress,
+        )
+        encoder = _Encoder(vlm)
+        encoder.embs, encoder.indices, encoder.ids = [embs], [indices], list(ids)
+        return encoder.result(key, path, skipped, n)
     skipped: list = []
     batches = iter_batches(probe, batch_size, transform=_PILOnly(vlm.preprocess), num_workers=num_workers, skipped=skipped)
     if progress:
@@ -208,6 +242,13 @@ def embed_images(
     for batch in batches:
         encoder.add(batch.images, batch.indices, batch.ids)
     return encoder.result(key, path, skipped, n)
+
+
+def _check_engine(engine, address, shards) -> None:
+    if engine not in ("local", "ray"):
+        raise NeurocoreError(f"engine must be 'local' or 'ray'; got {engine!r}")
+    if engine == "local" and (address is not None or shards is not None):
+        raise NeurocoreError("address= and shards= apply to engine='ray' only; pass engine='ray' or drop them")
 
 
 def _image_cache(vlm, probe, cache_dir):
@@ -304,6 +345,10 @@ class SharedDecode(torch.utils.data.Dataset):
         item = self.probe[index]
         if index not in self.encoded and index not in self.pending:
             image = item[0] if isinstance(item, (tuple, list)) else item
+            if self.pending and int(index) // self.batch_size != max(self.pending) // self.batch_size:
+                # a new block of batch_size indices: the batch embed_images forms (the readable images of
+                # one block, as iter_batches cuts them), so that the embeddings equal its bit for bit
+                self.flush()
             self.pending[int(index)] = self.preprocess(image)
             if len(self.pending) >= self.batch_size:
                 self.flush()
@@ -320,25 +365,50 @@ class SharedDecode(torch.utils.data.Dataset):
 
 
 def record_and_embed(record_fn, vlm, probe, *, batch_size: int = 64, num_workers: int = 0, cache_dir=None,
-                     progress: bool = True):
+                     progress: bool = True, engine: str = "local", address: str | None = None,
+                     shards: int | None = None):
     """``(record_fn(probe), embed_images(vlm, probe, ...))`` with each probe image decoded once.
 
     ``record_fn`` reads the probe (e.g. ``lambda p: record(model, layers, p, ...)``); while it does,
     every image it reads is also preprocessed for ``vlm`` and encoded in batches. The embeddings equal
-    :func:`embed_images`'s (same rows, order, skipped images). The two-pass path is taken when the
+    :func:`embed_images`'s (same rows, order, skipped images; bit for bit when ``record_fn`` reads the
+    images in order: each batch holds the readable images of one block of ``batch_size`` indices, as
+    :func:`embed_images` forms them). The two-pass path is taken when the
     embeddings are cached already, when ``num_workers > 0`` (items are read in worker processes), or
     when the recording did not read every image (rows served from its cache): then the images are
     read again by :func:`embed_images`.
 
+    With ``engine="ray"`` the images are encoded on Ray shards (:func:`embed_images` with
+    ``engine="ray"``, ``address``, ``shards``) after ``record_fn`` ran, which should record with
+    ``engine="ray"`` itself (``record(..., engine="ray")``): the recording's workers and the encoding's
+    workers each decode the images of their shard (two reads of each image, on the workers).
+
     Returns:
         ``(whatever record_fn returns, ImageEmbeddings)``.
+
+    Raises:
+        NeurocoreError: as :func:`embed_images`.
+
+    Example:
+        >>> import types, PIL.Image, torchvision.transforms as T
+        >>> vlm = types.SimpleNamespace(identity="toy", device=torch.device("cpu"), preprocess=T.ToTensor(),
+        ...                             encode_images=lambda x: x.mean((2, 3)), encode_texts=print)
+        >>> probe = [PIL.Image.new("RGB", (4, 4), c) for c in ("red", "blue")]
+        >>> def record_fn(p):  # reads every image, as record does
+        ...     rows = [i for i in range(len(p)) if p[i] is not None]
+        ...     return types.SimpleNamespace(dataset_indices=torch.tensor(rows), skipped=[])
+        >>> store, images = record_and_embed(record_fn, vlm, probe, progress=False)
+        >>> store.dataset_indices.tolist(), images.embeddings.round(decimals=3).tolist()
+        ([0, 1], [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     """
     vlm = check_vlm(vlm)
+    _check_engine(engine, address, shards)
     key, path, hit = _image_cache(vlm, probe, cache_dir)
-    if hit is not None or num_workers > 0:
+    if hit is not None or num_workers > 0 or engine == "ray":
         store = record_fn(probe)
         images = hit if hit is not None else embed_images(
-            vlm, probe, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, progress=progress
+            vlm, probe, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, progress=progress,
+            engine=engine, address=address, shards=shards,
         )
         return store, images
     shared = SharedDecode(probe, vlm, batch_size)
@@ -392,8 +462,12 @@ def embed_texts(
     template: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
+    shards: int | None = None,
 ) -> torch.Tensor:
-    """Encode texts (concepts) with a vision–language model (batched, optionally cached).
+    """Encode texts (concepts) with a vision–language model (batched, optionally cached), in this
+    process or on Ray workers.
 
     Args:
         vlm: a :class:`VisionLanguageModel` or a spec string (:func:`load_vlm`).
@@ -402,6 +476,15 @@ def embed_texts(
             as CLIP-Dissect) encodes the texts as they are.
         cache_dir: folder for cached embeddings (None: no caching).
         progress: show a progress bar.
+        engine: ``"local"`` (default: this process) or ``"ray"``: the texts' batches (``vlm.batch_size``
+            texts, 256 when it has none: the local batches) are cut into ``shards`` contiguous runs
+            that Ray tasks (one GPU each when ``vlm.device`` is CUDA, else one CPU) encode into the
+            cache folder (``cache_dir``, or a temporary folder on a local cluster); this process
+            merges them in order, so the result equals the local one bit for bit on the same kind of
+            device. An interrupted run resumes: batches on disk are not encoded again. Needs
+            ``pip install neurocore[ray]``.
+        address: the Ray cluster for ``engine="ray"`` (as :func:`embed_images`).
+        shards: runs of batches for ``engine="ray"``; None (default): one per CPU (GPU) of the cluster.
 
     A model with a ``truncation_warning(texts)`` method (:class:`OpenClip`: CLIP reads 77 tokens) is
     asked about all prompts at once; texts longer than its context are named in one warning (also
@@ -412,7 +495,9 @@ def embed_texts(
 
     Raises:
         NeurocoreError: not a vision–language model, no texts, a template without ``"{}"``,
-            embeddings of the wrong shape or with NaN.
+            embeddings of the wrong shape or with NaN; an unknown ``engine``, ``address``/``shards``
+            without ``engine="ray"``; with ``engine="ray"``: ray not installed, ``shards`` below 1, a
+            remote ``address`` without ``cache_dir``.
 
     Example:
         >>> import types
@@ -422,6 +507,7 @@ def embed_texts(
         [[1.0, 0.0], [1.0, 0.0]]
     """
     vlm = check_vlm(vlm)
+    _check_engine(engine, address, shards)
     if isinstance(texts, str):
         raise NeurocoreError("texts must be a sequence of strings, not one string; wrap it in a list")
     texts = list(texts)
@@ -452,19 +538,26 @@ def embed_texts(
     message = truncation_warning(prompts) if checks_truncation else None
     if message:
         warnings.warn(message, stacklevel=2)
-    chunk = max(1, int(getattr(vlm, "batch_size", 256)))
-    starts = range(0, len(prompts), chunk)
-    if progress:
-        from tqdm.auto import tqdm
+    if engine == "ray":
+        from neurocore.scale._ray_embed import embed_texts_ray
 
-        starts = tqdm(starts, desc=f"encoding {len(prompts)} texts", unit="batch")
-    out = []
-    for s in starts:
-        part = prompts[s : s + chunk]
-        emb = vlm.encode_texts(part, warn_truncation=False) if checks_truncation else vlm.encode_texts(part)
-        _check_embeddings(emb, len(part), "encode_texts")
-        out.append(F.normalize(emb.detach().to("cpu", torch.float32), dim=1))
-    result = torch.cat(out)
+        result = embed_texts_ray(vlm, prompts, key, checks_truncation=checks_truncation, cache_dir=cache_dir,
+                                 shards=shards, address=address, progress=progress)
+    else:
+        chunk = max(1, int(getattr(vlm, "batch_size", 256)))
+        starts = range(0, len(prompts), chunk)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"encoding {len(prompts)} texts", unit="batch")
+        result = torch.cat([_encode_text_batch(vlm, prompts[s : s + chunk], checks_truncation) for s in starts])
     if path is not None:
         _write_cache(path, {"key": key, "embeddings": result, "truncation_warning": message})
     return result
+
+
+def _encode_text_batch(vlm, prompts: list[str], checks_truncation: bool) -> torch.Tensor:
+    """One forward pass over ``prompts``: Tensor[len(prompts), d] float32 on the CPU, unit rows."""
+    emb = vlm.encode_texts(prompts, warn_truncation=False) if checks_truncation else vlm.encode_texts(prompts)
+    _check_embeddings(emb, len(prompts), "encode_texts")
+    return F.normalize(emb.detach().to("cpu", torch.float32), dim=1)
