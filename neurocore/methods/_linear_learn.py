@@ -10,6 +10,13 @@ Three pure functions over one layer's neurons at once:
   neuron, every candidate model of every neuron fitted in closed form by
   :func:`neurocore.ops.lstsq_gram` (one call per round) from Gram statistics computed once.
 
+Sharding (``engine="ray"``, :func:`neurocore.scale.map_neuron_ranges`): what every neuron shares is
+computed once on the driver (the standardised Gram matrix ``G`` and the cross-products ``C`` of the
+elastic net; the greedy search's Gram statistics over the concepts any neuron can reach), then Ray
+tasks solve runs of whole elastic-net chunks (a chunk's coordinate descent batches its neurons, so
+its rounding depends on which neurons share it: chunks are never split) and the greedy rounds of
+neuron ranges (per neuron: any range). The results equal the local ones bit for bit.
+
 :mod:`neurocore.methods.linear` builds the method on these.
 """
 
@@ -23,6 +30,7 @@ import torch
 
 from neurocore import ops
 from neurocore._errors import NeurocoreError
+from neurocore.scale._neurons import check_engine, map_neuron_ranges
 
 __all__ = ["GreedyResult", "elastic_net", "rank_concepts", "greedy_search", "max_ranks_examined"]
 
@@ -81,6 +89,15 @@ def _check_int(value, name: str, fn: str, low: int, high: int | None = None) -> 
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise NeurocoreError(f"{fn}: {name} must be an integer {bound}; got {value!r}")
     return value
+
+
+def _check_engine(engine, shards, address, device: torch.device, fn: str) -> None:
+    check_engine(engine, shards, address, fn)
+    if engine == "ray" and device.type != "cpu":
+        raise NeurocoreError(
+            f"{fn}: engine='ray' runs on the Ray cluster's CPU workers; got inputs on {device}: pass CPU "
+            "tensors, or use engine='local' on the GPU"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,6 +391,17 @@ def _elastic_net_chunk(G, C, usable, l1: float, l2: float, tol: float, max_iter:
     return W, kkt
 
 
+def _elastic_net_job(chunks: range, shared) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Weights and violations of chunks ``chunks`` of the live neurons (a
+    :func:`~neurocore.scale.map_neuron_ranges` job)."""
+    G, C, usable, l1, l2, tol, max_iter, live, chunk_size = shared
+    out = []
+    for c in chunks:
+        ks = live[c * chunk_size : (c + 1) * chunk_size]
+        out.append(_elastic_net_chunk(G, C[:, ks].T.contiguous(), usable, l1, l2, tol, max_iter))
+    return out
+
+
 def elastic_net(
     train_P: torch.Tensor,
     train_acts: torch.Tensor,
@@ -382,6 +410,11 @@ def elastic_net(
     max_iter: int = 1000,
     tol: float = 1e-6,
     chunk_size: int = 1024,
+    *,
+    engine: str = "local",
+    shards: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Elastic-net weights of every neuron on standardised data (LE step 1-2; paper Eq. 6).
 
@@ -421,7 +454,16 @@ def elastic_net(
             not meet ``tol`` by then (their weights are the last iterate).
         tol: largest violation of the optimality conditions accepted (on the standardised scale,
             where the gradient entries are correlations).
-        chunk_size: neurons solved together (bounds the ``[M, chunk_size]`` float64 work arrays).
+        chunk_size: neurons solved together (bounds the ``[M, chunk_size]`` float64 work arrays). A
+            chunk's weights depend (in the last bits) on which neurons share it, never on the others.
+        engine: ``"local"`` (default) or ``"ray"``: G and C are formed here once, then runs of whole
+            chunks are solved by Ray tasks (:func:`neurocore.scale.map_neuron_ranges`); the weights
+            equal the local ones bit for bit (each chunk is the same call on the same inputs), so a
+            layer is sharded into at most ``ceil(K / chunk_size)`` tasks: lower ``chunk_size`` for
+            more. CPU tensors only.
+        shards: runs of chunks with ``engine="ray"``; None = one per Ray CPU.
+        address: the Ray cluster to join (None: a local one; ``"auto"``; ``"host:port"``).
+        progress: with ``engine="ray"``, a bar over finished runs.
 
     Returns:
         Tensor[K, M]: the weights (standardised scale), in the inputs' floating dtype and device.
@@ -450,6 +492,7 @@ def elastic_net(
     max_iter = _check_int(max_iter, "max_iter", fn, 1)
     tol = _check_number(tol, "tol", fn, 0.0, low_open=True)
     chunk_size = _check_int(chunk_size, "chunk_size", fn, 1)
+    _check_engine(engine, shards, address, train_P.device, fn)
 
     out_dtype = torch.promote_types(train_P.dtype, train_acts.dtype)
     M, K = train_P.shape[1], train_acts.shape[1]
@@ -471,14 +514,19 @@ def elastic_net(
         W = evecs @ (inv.unsqueeze(1) * (evecs.T @ C[:, live]))
         weights[live] = W.T.to(out_dtype)
         return weights
-    for start in range(0, live.numel(), chunk_size):
-        ks = live[start : start + chunk_size]
-        W, kkt = _elastic_net_chunk(G, C[:, ks].T.contiguous(), usable, l1, l2, tol, max_iter)
-        weights[ks] = W.to(out_dtype)
-        bad = kkt > tol
-        if bool(bad.any()):
-            unconverged += ks[bad].tolist()
-            worst = max(worst, float(kkt.max()))
+    # G is shared by every neuron; a chunk's solve reads only G and its neurons' rows of C, so runs
+    # of whole chunks can go to Ray tasks with the same result.
+    shared = (G, C, usable, l1, l2, tol, max_iter, live, chunk_size)
+    parts = map_neuron_ranges(_elastic_net_job, math.ceil(live.numel() / chunk_size), shared, engine=engine,
+                              shards=shards, address=address, progress=progress, desc="elastic net")
+    for chunks, solved in parts:
+        for c, (W, kkt) in zip(chunks, solved):
+            ks = live[c * chunk_size : (c + 1) * chunk_size]
+            weights[ks] = W.to(out_dtype)
+            bad = kkt > tol
+            if bool(bad.any()):
+                unconverged += ks[bad].tolist()
+                worst = max(worst, float(kkt.max()))
     if unconverged:
         warnings.warn(
             f"elastic_net: {len(unconverged)} neuron(s) (e.g. {unconverged[:5]}) did not converge in "
@@ -576,6 +624,10 @@ def greedy_search(
     width: int = 10,
     tolerance: float = 0.02,
     progress: bool = False,
+    *,
+    engine: str = "local",
+    shards: int | None = None,
+    address: str | None = None,
 ) -> list[GreedyResult]:
     """Greedy forward selection of each neuron's explanation (LE step 4; paper Algorithm 1).
 
@@ -618,7 +670,13 @@ def greedy_search(
         width: candidates tried per round (default 10, the paper's r).
         tolerance: least gain in validation correlation to add a concept (default 0.02, the paper's
             epsilon).
-        progress: show a tqdm bar over rounds.
+        progress: show a tqdm bar over rounds (over neuron ranges with ``engine="ray"``).
+        engine: ``"local"`` (default) or ``"ray"``: the rounds of contiguous neuron ranges run as Ray
+            tasks (:func:`neurocore.scale.map_neuron_ranges`) after the shared Gram statistics are
+            computed here once; the results equal the local ones bit for bit (each neuron's rounds
+            read only its own row of every array). CPU tensors only.
+        shards: neuron ranges with ``engine="ray"``; None = one per Ray CPU.
+        address: the Ray cluster to join (None: a local one; ``"auto"``; ``"host:port"``).
 
     Returns:
         list[GreedyResult]: one per neuron, in column order.
@@ -658,6 +716,7 @@ def greedy_search(
                 f"{fn}: train_P is on {device} but {name} on {x.device}; move all inputs to one device"
             )
     max_length = _check_int(max_length, "max_length", fn, 1, _MAX_SET)
+    _check_engine(engine, shards, address, device, fn)
     width = _check_int(width, "width", fn, 1)
     tolerance = _check_number(tolerance, "tolerance", fn, 0.0)
     if not isinstance(ranking, torch.Tensor) or ranking.dtype != torch.int64 or ranking.dim() != 2:
@@ -684,13 +743,42 @@ def greedy_search(
         k = int(repeated.nonzero()[0])
         raise NeurocoreError(f"{fn}: ranking row {k} repeats a concept; each row must list distinct concepts")
 
-    # Only the concepts some neuron can reach need Gram statistics (B ranks per neuron).
+    # Only the concepts some neuron can reach need Gram statistics (B ranks per neuron). They are
+    # shared by all neurons and computed once here; the rounds below are per neuron (every tensor
+    # operation acts on a neuron's own row, lstsq_gram solves each system on its own), so a range of
+    # neurons gives the same bits alone as within the whole layer: the Ray engine runs ranges.
     used, local = torch.unique(top, return_inverse=True)
     if used.numel() < M:
         train_P, val_P = train_P.index_select(1, used), val_P.index_select(1, used)
     train = ops.gram_stats(train_P, train_acts)
     val = ops.gram_stats(val_P, val_acts)
+    shared = (train, val, local, used, max_length, width, tolerance, progress and engine == "local")
+    parts = map_neuron_ranges(_greedy_job, K, shared, engine=engine, shards=shards, address=address,
+                              progress=progress, desc="greedy search")
+    return [r for _, results in parts for r in results]
 
+
+def _slice_stats(stats: ops.GramStats, units: range) -> ops.GramStats:
+    """The statistics of neurons ``units`` (the concept parts are shared)."""
+    a, b = units.start, units.stop
+    return ops.GramStats(stats.n, stats.mean, stats.cov, stats.target_mean[a:b], stats.cross[:, a:b],
+                         stats.target_var[a:b])
+
+
+def _greedy_job(units: range, shared) -> list[GreedyResult]:
+    """Greedy rounds of neurons ``units`` (a :func:`~neurocore.scale.map_neuron_ranges` job)."""
+    train, val, local, used, max_length, width, tolerance, progress = shared
+    if len(units) != local.shape[0]:
+        train, val, local = _slice_stats(train, units), _slice_stats(val, units), local[units.start : units.stop]
+    return _greedy_rounds(train, val, local, used, max_length, width, tolerance, progress)
+
+
+def _greedy_rounds(train, val, local, used, max_length: int, width: int, tolerance: float,
+                   progress: bool) -> list[GreedyResult]:
+    """The rounds of :func:`greedy_search` for the K neurons of ``train``/``val``, whose reachable
+    concepts are ``local [K, B]`` (indices into ``used``, the columns of the statistics)."""
+    K, B = local.shape
+    device = local.device
     state = torch.zeros(K, B, dtype=torch.int8, device=device)  # 0 available, 1 selected, 2 banned
     selected = torch.full((K, max_length), -1, dtype=torch.int64, device=device)  # local concept ids
     weights = torch.zeros(K, max_length, dtype=torch.float64, device=device)

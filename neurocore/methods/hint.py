@@ -275,6 +275,10 @@ def shapley_contributions(
     max_cells: int = 500,
     link: str = "sigmoid",
     seed: int = 0,
+    engine: str = "local",
+    shards: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Φ: each neuron's Shapley contribution to each concept classifier (paper Eq. 2, ALGORITHMS.md §3.4).
 
@@ -282,7 +286,15 @@ def shapley_contributions(
     Shapley values of ``L_e`` (:func:`neurocore.ops.shapley_permutation`), features outside the
     coalition taken from another cell (a seeded random cell of the whole set, per r), the same
     ``permutations`` seeded permutations for every concept; ``φ_{d,e} = mean_r |mean_perm Δ_{d,e}(r)|``.
-    The concepts are batched through the kernel (chunks of concepts in one call).
+    Each concept is one kernel call with its own classifier (one output) on its own cells.
+
+    Sharding (``engine="ray"``): a permutation's walk couples all neurons (the classifier's value after
+    neuron d switches depends on every neuron switched before it), so a range of neurons could not be
+    computed without walking every permutation in full: each task would repeat the whole work. Φ's
+    columns are independent instead: the seeded draws (cells, backgrounds, permutations) are made
+    here once, in the same order as locally, and Ray tasks compute contiguous ranges of concepts
+    (:func:`neurocore.scale.map_neuron_ranges`), each concept with the same kernel call as the local
+    run. Φ therefore equals the local Φ bit for bit for any number of shards.
 
     Args:
         classifiers: from :func:`fit_concept_classifiers`.
@@ -292,9 +304,17 @@ def shapley_contributions(
         link: ``"sigmoid"`` (the classifier's probability, default) or ``"identity"`` (the logit; then
             Φ has the closed form ``mean_r |α_d (r_d − b_d)|``).
         seed: cells, backgrounds and permutations.
+        engine: ``"local"`` or ``"ray"`` (concept ranges in Ray tasks, see above; ``pip install
+            neurocore[ray]``).
+        shards: concept ranges with ``engine="ray"``; None = one per CPU of the Ray cluster.
+        address: with ``engine="ray"``, the cluster to join (None: a local one; ``"auto"``; ``"host:port"``).
+        progress: with ``engine="ray"``, a bar over finished ranges.
 
     Returns:
         Tensor[C, E] float32 ≥ 0 (zeros for a concept without cells).
+
+    Raises:
+        NeurocoreError: a bad link, permutation count, shapes or engine settings.
 
     Example:
         >>> cells, labels = torch.randn(40, 3), torch.rand(40, 1) > 0.5
@@ -304,7 +324,9 @@ def shapley_contributions(
         (torch.Size([3, 1]), True, True)
     """
     from neurocore import ops
+    from neurocore.scale._neurons import check_engine, map_neuron_ranges
 
+    check_engine(engine, shards, address, "shapley_contributions")
     if link not in ("sigmoid", "identity"):
         raise NeurocoreError(f"link must be 'sigmoid' or 'identity'; got {link!r}")
     if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1:
@@ -323,20 +345,25 @@ def shapley_contributions(
     rows = [_concept_rows(by_concept, e, max_cells, gen) for e in range(e_count)]
     # Background of each cell: another cell (a random shift, never the cell itself).
     backs = [(r + torch.randint(1, max(r_total, 2), r.shape, generator=gen)) % r_total for r in rows]
-    chunk = max(1, min(e_count, int(2e7 // max(1, max_cells * c))))  # concepts per kernel call
-    for start in range(0, e_count, chunk):
-        group = [e for e in range(start, min(e_count, start + chunk)) if rows[e].numel()]
-        if not group:
-            continue
-        x = torch.cat([cells[rows[e]] for e in group]).float()
-        bg = torch.cat([cells[backs[e]] for e in group]).float()
-        out = ops.shapley_permutation(x, classifiers.weight[group].float(), classifiers.bias[group].float(), bg, perms, link)
-        offset = 0
-        for j, e in enumerate(group):
-            n = rows[e].numel()
-            phi[:, e] = out[offset : offset + n, j, :].abs().mean(0)
-            offset += n
+    shared = (cells.float(), classifiers.weight.float(), classifiers.bias.float(), rows, backs, perms, link)
+    for units, cols in map_neuron_ranges(_phi_job, e_count, shared, engine=engine, shards=shards, address=address,
+                                         progress=progress, desc="Φ concepts"):
+        phi[:, units.start : units.stop] = cols
     return phi
+
+
+def _phi_job(units: range, shared) -> torch.Tensor:
+    """Φ's columns of concepts ``units`` (a :func:`~neurocore.scale.map_neuron_ranges` job): one
+    kernel call per concept, so a column never depends on which concepts share its range."""
+    from neurocore import ops
+
+    cells, weight, bias, rows, backs, perms, link = shared
+    out = torch.zeros(cells.shape[1], len(units))
+    for j, e in enumerate(units):
+        if rows[e].numel():
+            phi = ops.shapley_permutation(cells[rows[e]], weight[e : e + 1], bias[e : e + 1], cells[backs[e]], perms, link)
+            out[:, j] = phi[:, 0, :].abs().mean(0)
+    return out
 
 
 def coefficient_contributions(classifiers: ConceptClassifiers) -> torch.Tensor:
@@ -591,6 +618,12 @@ class Hint:
         batch_size: images per saliency pass.
         seed: every random choice.
         top_k: top images listed per neuron.
+        engine: ``"local"`` or ``"ray"``: Φ (``contribution="shapley"``) computed by Ray tasks over
+            contiguous concept ranges after the classifiers are fitted once here (see
+            :func:`shapley_contributions` for why concepts, not neurons, are sharded); Φ and the
+            explanations equal the local ones bit for bit. ``pip install neurocore[ray]``.
+        shards: concept ranges with ``engine="ray"``; None = one per CPU of the Ray cluster.
+        address: with ``engine="ray"``, the cluster to join (None: a local one; ``"auto"``; ``"host:port"``).
     """
 
     needs = frozenset({"store", "scores", "model", "probe", "transform"})
@@ -598,7 +631,8 @@ class Hint:
     def __init__(self, saliency: str = "guided_backprop", aggregation: str = "norm", threshold: float = 0.5,
                  classifier: str = "logistic", contribution: str = "shapley", target="label",
                  images_per_concept: int = 50, max_cells: int = 2000, permutations: int = 64,
-                 shapley_cells: int = 500, top_n: int = 10, batch_size: int = 32, seed: int = 0, top_k: int = 10):
+                 shapley_cells: int = 500, top_n: int = 10, batch_size: int = 32, seed: int = 0, top_k: int = 10,
+                 engine: str = "local", shards: int | None = None, address: str | None = None):
         self.saliency = saliency
         self.aggregation = aggregation
         self.threshold = threshold
@@ -613,6 +647,16 @@ class Hint:
         self.batch_size = batch_size
         self.seed = seed
         self.top_k = top_k
+        self.engine = engine
+        self.shards = shards
+        self.address = address
+
+    def _engine(self) -> dict:
+        """The engine settings (they never change the result, so they stay out of ``params``)."""
+        from neurocore.scale._neurons import check_engine
+
+        check_engine(self.engine, self.shards, self.address, "Hint")
+        return {"engine": self.engine, "shards": self.shards, "address": self.address}
 
     def _settings(self) -> dict:
         if self.saliency not in SALIENCY_METHODS:
@@ -679,6 +723,7 @@ class Hint:
         from neurocore._alignment import check_same_images
 
         settings = self._settings()
+        engine = self._engine()
         if model is None or probe is None:
             raise NeurocoreError("HINT runs the model on the probe images: pass model= and probe= to explain()")
         check_same_images(store, scores, "the activation store", "scores",
@@ -700,7 +745,7 @@ class Hint:
             la = store[layer]
             _, _, cells, labels = self.layer_cells(model, layer, probe, dataset_idx, member[rows].float(),
                                                    transform=transform)
-            phi, clf = _contributions(cells, labels, concepts, settings)
+            phi, clf = _contributions(cells, labels, concepts, settings, engine, progress=progress)
             self.classifiers_[layer], self.phi_[layer] = clf, phi
             f1s[layer] = {c: float(v) for c, v in zip(concepts, clf.f1.tolist())}
             table = collaborative_neurons(phi, concepts, self.top_n)
@@ -720,13 +765,14 @@ class Hint:
         return Explanations("hint", tuple(neurons), params)
 
 
-def _contributions(cells, labels, concepts, settings):
+def _contributions(cells, labels, concepts, settings, engine=None, progress=False):
     clf = fit_concept_classifiers(cells, labels, concepts, classifier=settings["classifier"],
                                   max_cells=settings["max_cells"], seed=settings["seed"])
     kind = settings["contribution"]
     if kind == "shapley":
         phi = shapley_contributions(clf, cells, labels, permutations=settings["permutations"],
-                                    max_cells=settings["shapley_cells"], seed=settings["seed"])
+                                    max_cells=settings["shapley_cells"], seed=settings["seed"],
+                                    progress=progress and bool(engine) and engine["engine"] == "ray", **(engine or {}))
     elif kind == "coefficient":
         phi = coefficient_contributions(clf)
     elif kind == "random":
@@ -764,6 +810,7 @@ def hint(model, layers, probe, scores, *, transform=None, batch_size: int = 64, 
     names = [layers] if isinstance(layers, str) else list(layers)
     method = Hint(**settings)
     method._settings()
+    method._engine()
     store = record(model, names, probe, transform=transform, batch_size=batch_size, progress=progress)
     if not scores.image_ids and store.image_ids:
         from dataclasses import replace

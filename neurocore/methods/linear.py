@@ -37,6 +37,7 @@ from neurocore._split import Split, split_indices
 from neurocore.methods._base import Explanations, NeuronExplanation, probe_identity, register_method, top_image_refs
 from neurocore.methods._linear_learn import DEFAULT_ETA, DEFAULT_LAM, GreedyResult, elastic_net, greedy_search, rank_concepts
 from neurocore.probe._store import DEAD_THRESHOLD, ActivationStore, dead_neurons
+from neurocore.scale._neurons import check_engine
 
 __all__ = [
     "LinearExplanations",
@@ -151,6 +152,20 @@ class LinearExplanations:
         dead_threshold: a neuron whose maximal activation over the probe set is below this is dead: it
             is flagged and gets an empty explanation (paper C.2: 0.01).
         top_images: how many of each neuron's most activating images to list in the result.
+        neuron_block: neurons whose elastic nets are solved together (:func:`elastic_net`'s
+            ``chunk_size``); the unit of Ray sharding for that step. The weights depend on it in the
+            last bits only (rounding), never on the engine or the number of shards.
+        engine: ``"local"`` (one process) or ``"ray"``: the per-neuron work runs in Ray tasks by
+            contiguous neuron ranges (:func:`neurocore.scale.map_neuron_ranges`; ``pip install
+            neurocore[ray]``). What all neurons share (the split, the concept filter, the
+            standardised Gram matrix ``G`` and cross-products of the elastic net, the greedy search's
+            Gram statistics) is computed once on the driver; Ray tasks solve runs of whole
+            ``neuron_block`` blocks of elastic nets, then the greedy rounds of neuron ranges. The
+            explanations equal the local ones bit for bit (same concepts, weights, order) for any
+            ``shards``.
+        shards: neuron ranges with ``engine="ray"``; None = one per CPU of the Ray cluster.
+        address: with ``engine="ray"``, the cluster to join: None starts a local one (or uses the
+            one already initialised), ``"auto"`` or ``"host:port"`` joins ``ray start --head``'s.
 
     A misspelt setting raises :class:`~neurocore.methods.UnknownSettingError` (a ``TypeError``)
     naming its close matches: ``LinearExplanations(max_lenght=3)`` suggests ``max_length``.
@@ -171,6 +186,10 @@ class LinearExplanations:
         filter: bool = True,
         dead_threshold: float = DEAD_THRESHOLD,
         top_images: int = 10,
+        neuron_block: int = 1024,
+        engine: str = "local",
+        shards: int | None = None,
+        address: str | None = None,
     ):
         self.lam = lam
         self.eta = eta
@@ -182,6 +201,10 @@ class LinearExplanations:
         self.filter = filter
         self.dead_threshold = dead_threshold
         self.top_images = top_images
+        self.neuron_block = neuron_block
+        self.engine = engine
+        self.shards = shards
+        self.address = address
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in inspect.signature(type(self).__init__).parameters if k != "self")
@@ -286,6 +309,7 @@ class LinearExplanations:
             "seed": self.seed,
             "filter": bool(self.filter),
             "dead_threshold": self.dead_threshold,
+            "neuron_block": self.neuron_block,
             "layers": layer_names,
             "num_concepts": int(P.shape[1]),
             "num_concepts_kept": int(keep_idx.numel()),
@@ -309,10 +333,12 @@ class LinearExplanations:
             ("tolerance", self.tolerance, isinstance(self.tolerance, (int, float)) and self.tolerance >= 0, "a number >= 0"),
             ("top_images", self.top_images, isinstance(self.top_images, int) and self.top_images >= 0, "an int >= 0"),
             ("dead_threshold", self.dead_threshold, isinstance(self.dead_threshold, (int, float)), "a number"),
+            ("neuron_block", self.neuron_block, isinstance(self.neuron_block, int) and self.neuron_block >= 1, "an int >= 1"),
         ]
         for name, value, ok, expected in checks:
             if not ok or isinstance(value, bool):
                 raise NeurocoreError(f"LinearExplanations setting {name} must be {expected}; got {value!r}")
+        check_engine(self.engine, self.shards, self.address, "LinearExplanations")
 
     def _resolve_split(self, images) -> tuple[Split, str | None]:
         """The split in effect, checked against ``images`` (the store, or the scores when only they
@@ -346,7 +372,9 @@ class LinearExplanations:
         if alive.numel():
             Y_train = A.index_select(0, split.train).index_select(1, alive)
             Y_val = A.index_select(0, split.val).index_select(1, alive)
-            weights = elastic_net(P_train, Y_train, lam=self.lam, eta=self.eta)
+            engine = {"engine": self.engine, "shards": self.shards, "address": self.address}
+            weights = elastic_net(P_train, Y_train, lam=self.lam, eta=self.eta, chunk_size=self.neuron_block,
+                                  progress=progress and self.engine == "ray", **engine)
             ranking = rank_concepts(weights)
             results = list(
                 greedy_search(
@@ -359,6 +387,7 @@ class LinearExplanations:
                     width=self.width,
                     tolerance=self.tolerance,
                     progress=progress,
+                    **engine,
                 )
             )
             if len(results) != alive.numel():
@@ -418,7 +447,8 @@ def explain_linear(
         layers: layer name(s) to explain; None = all.
         progress: show progress bars.
         **settings: :class:`LinearExplanations` settings (``lam``, ``eta``, ``max_length``, ``width``,
-            ``tolerance``, ``seed``, ``split``, ``filter``, ``dead_threshold``, ``top_images``).
+            ``tolerance``, ``seed``, ``split``, ``filter``, ``dead_threshold``, ``top_images``,
+            ``neuron_block``, ``engine``, ``shards``, ``address``).
 
     Raises:
         UnknownSettingError: an unknown setting (a ``TypeError`` naming its close matches).
