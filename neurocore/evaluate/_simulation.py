@@ -228,7 +228,8 @@ class SimulationScores:
             ``"constant_simulation"`` (``s`` constant on the split: correlation 0, counted);
             ``"dead"`` (max activation < 0.01: NaN, skipped); ``"missing_concepts"`` (NaN, skipped);
             ``"constant_activation"`` (the activation is constant on the test split: NaN, skipped);
-            ``"no_effect"`` (replacing the neuron by its mean changes no loss: ablation NaN, skipped).
+            ``"no_effect"`` (replacing the neuron by its mean changes no loss beyond float32 rounding:
+            ablation NaN, skipped).
         c, d (Tensor[K], float64) or None: the ablation's scaling ``c·s + d`` (None for correlation).
     """
 
@@ -300,12 +301,27 @@ class SimulationScores:
                    tuple(meta["status"]), t.get("c"), t.get("d"))
 
 
-def _warn_same_source(explanations: Explanations, sim_scores: ConceptScores) -> None:
+# The start of _warn_same_source's message (a regex for warnings filters).
+SAME_SOURCE_WARNING = "the simulator's concept scores come from the explainer's own source"
+
+
+def explainer_source(explanations: Explanations) -> str | None:
+    """The source of the concept scores the explainer used (``params["concept_source"]``), or None.
+
+    Example:
+        >>> explainer_source(Explanations("x", (), {"concept_source": "open_clip:ViT-B-16:openai"}))
+        'open_clip:ViT-B-16:openai'
+    """
     params = explanations.params
     source = params.get(CONCEPT_SOURCE_KEY) if hasattr(params, "get") else None
+    return None if source is None else str(source)
+
+
+def _warn_same_source(explanations: Explanations, sim_scores: ConceptScores) -> None:
+    source = explainer_source(explanations)
     if source is not None and source == sim_scores.source and sim_scores.source != "tensor":
         warnings.warn(
-            f"the simulator's concept scores come from the explainer's own source {source!r}; an explainer simulated by "
+            f"{SAME_SOURCE_WARNING} {source!r}; an explainer simulated by "
             "itself scores too high (the paper requires a different simulator model). Encode the concepts with "
             "another model (the paper's simulator: ViT-SO400M-14-SigLIP-384)",
             stacklevel=3,
@@ -679,6 +695,10 @@ def ablation_score(
             else:
                 status.append("ok")
         todo = [k for k in range(K) if status[k] == "ok"]
+        # A mean ablation whose loss change is within float32 rounding of the test losses has no effect:
+        # the ratio of two rounding residues would be a meaningless score (e.g. a unit that shifts every
+        # logit alike, which cross-entropy cannot see).
+        no_effect = 8 * torch.finfo(torch.float32).eps * float((prep_test.base_ce.double().abs() + 1).sum())
         s_val, s_test = s_all[val_rows], s_all[test_rows]
         batches = [todo[i : i + neuron_batch] for i in range(0, len(todo), neuron_batch)]
         for ks in _progress(batches, progress, f"ablation {layer}"):
@@ -693,7 +713,7 @@ def ablation_score(
             den = _abs_ce_change(runner, prep_test, ub, torch.zeros(len(ks)), mu[kt], None)
             for j, k in enumerate(ks):
                 c_all[k], d_all[k] = float(c[j]), float(d[j])
-                if float(den[j]) > 0:
+                if float(den[j]) > no_effect:
                     scores[k] = 1.0 - float(num[j]) / float(den[j])
                 else:
                     status[k] = "no_effect"
