@@ -282,4 +282,4 @@ def test_demo_where_table_on_planted_boxes(world):
     table = run_where_demo(ConceptWorldCNN(len(world.classes)).eval(), probe, per_class=2, lime_samples=20)
     assert "whole image" in table.index and {"accuracy", "pointing", "threshold"} <= set(table.columns)
     assert table.loc["whole image", "accuracy"] <= 0.5
-    assert table["accuracy"].between(0, 1).all() and table["pointing"].between(0, 1).all()
+    assert table["accuracy"].between(0, 1).all() and table["pointing"].dropna().between(0, 1).all()  # NaN: regions

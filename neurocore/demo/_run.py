@@ -234,6 +234,11 @@ def run_demo(
                 "layer": hint_demo.layer, "concept": "object", "test_images": hint_demo.num_test,
                 "table": {str(p): row for p, row in hint_demo.localization.to_dict("index").items()},
             },
+            "where": None if where is None else {
+                "scored_images": int(where["images"].iloc[0]),
+                "table": {name: {k: (None if v != v else v) for k, v in row.items()}
+                          for name, row in where.drop(columns="images").round(4).to_dict("index").items()},
+            },
             "seconds": seconds,
             "torch": torch.__version__,
         }
@@ -355,20 +360,30 @@ def run_hint_demo(model, world: ConceptWorld, probe: WorldImages, *, layer: str 
     return HintDemo(layer, explanations, table, len(test))
 
 
-def run_where_demo(model, probe: WorldImages, *, layer: str = "block4", per_class: int = 2, lime_samples: int = 200,
-                   seed: int = 0):
+def run_where_demo(model, probe: WorldImages, *, layer: str = "block4", hint_layer: str = "block3", per_class: int = 2,
+                   hint_per_class: int = 8, lime_samples: int = 100, seed: int = 0):
     """The "where" benchmark on the concept world's planted objects (exact boxes and masks): WWW class
     and sample heatmaps of ``layer`` (class importance from the next ``per_class`` probe images of every
-    class), Grad-CAM, Score-CAM, Ablation-CAM on ``layer`` and LIME (``lime_samples`` perturbations), all
-    for each image's true class, beside the whole-image box (:func:`neurocore.evaluate.where_benchmark`;
-    thresholds chosen on the even-numbered images, scored on the others).
+    class), HINT's concept regions and concept scores at ``hint_layer`` (classifiers and Φ on the next
+    ``hint_per_class`` images of every class, or as many as there are, over the world's class hierarchy,
+    :attr:`ConceptWorld.hierarchy`; the top 80 % neurons
+    by Φ; each scored image's most specific concept, its shape:
+    :func:`neurocore.evaluate.hint_concept_maps`), Grad-CAM, Score-CAM, Ablation-CAM on ``layer`` and
+    LIME (``lime_samples`` perturbations), the attributions for each image's true class, beside the
+    whole-image box (:func:`neurocore.evaluate.where_benchmark`; thresholds chosen on the even-numbered
+    images, scored on the others). Seconds per image include each method's fitting on the other
+    images (WWW's class importance, HINT's classifiers and Φ), spread over the scored images.
 
     Without the ``attribution`` extra the four baselines are left out (WWW and the whole image remain).
 
     Args:
         model: the trained :class:`~neurocore.demo.ConceptWorldCNN`. probe: class-major probe images with masks.
-        layer: the layer of the heatmaps and CAMs. per_class: images per class scored (and as many for
-            WWW's class importance). lime_samples: LIME's perturbed samples per image. seed: LIME's seed.
+        layer: the layer of the heatmaps and CAMs. hint_layer: HINT's layer (``block3``, as
+            :func:`run_hint_demo`: at ``block4``, which the global average pool follows, the gradient of a
+            logit is the same at every cell, so HINT finds no responsible region).
+        per_class: images per class scored (and as many for WWW's class importance).
+        hint_per_class: images per class for HINT's classifiers (they need more cells than WWW's means).
+        lime_samples: LIME's perturbed samples per image. seed: LIME's and HINT's seed.
 
     Returns:
         ``pandas.DataFrame`` as :func:`~neurocore.evaluate.where_benchmark` (with ``seconds_per_image``).
@@ -378,10 +393,11 @@ def run_where_demo(model, probe: WorldImages, *, layer: str = "block4", per_clas
         >>> world = ConceptWorld(); probe = world.sample(4, seed=1)
         >>> cnn = train_cnn(probe.images, probe.labels, 24, epochs=1, progress=False).model
         >>> table = run_where_demo(cnn, probe, per_class=1, lime_samples=20)
-        >>> "whole image" in table.index and "www class" in table.index
+        >>> "whole image" in table.index and "www class" in table.index and "hint regions" in table.index
         True
     """
-    from neurocore.evaluate import where_benchmark
+    from neurocore.evaluate import hint_concept_maps, most_specific_concepts, where_benchmark
+    from neurocore.methods.hint import ConceptHierarchy, Hint
     from neurocore.methods.www import class_importance, image_heatmaps
 
     n_classes = len(probe.world.classes)
@@ -397,6 +413,12 @@ def run_where_demo(model, probe: WorldImages, *, layer: str = "block4", per_clas
     heat = image_heatmaps(model, layer, test, importance, keep_heatmaps=True)
     seconds["www class"] = seconds["www sample"] = (time.perf_counter() - clock) / len(test)
     maps["www class"], maps["www sample"] = heat.class_heatmaps, heat.sample_heatmaps
+    hierarchy = ConceptHierarchy.from_groups(probe.world.classes, probe.world.hierarchy)
+    hint_fit = probe.subset((starts[:, None] + per_class + torch.arange(min(hint_per_class, per - per_class))).reshape(-1))
+    hint = hint_concept_maps(model, hint_layer, hint_fit.images, hint_fit.labels, hierarchy.membership(hint_fit.labels),
+                             hierarchy.names, x, most_specific_concepts(hierarchy, labels), method=Hint(seed=seed))
+    seconds["hint regions"] = seconds["hint scores"] = (hint.fit_seconds + hint.map_seconds) / len(test)
+    maps["hint regions"], maps["hint scores"] = hint.regions, hint.scores
     try:
         import lime  # noqa: F401
         import pytorch_grad_cam  # noqa: F401

@@ -9,18 +9,24 @@ from neurocore.evaluate._simulation import (
     SimulationScores,
     ablation_score,
     correlation_score,
+    explainer_source,
     explanation_concepts,
     norm_scaling,
     simulate,
     simulator_matrix,
 )
+from neurocore.evaluate._simulation_table import TABLE_COLUMNS, simulation_table
 from neurocore.evaluate._localization import (
     Localization,
     box_iou,
     centred_boxes,
+    concept_localizers,
+    concept_maps,
     localization_accuracy,
     localize,
     mask_boxes,
+    most_specific_concepts,
+    top_neurons,
     whole_image_boxes,
 )
 from neurocore.evaluate._final_layer import (
@@ -31,7 +37,15 @@ from neurocore.evaluate._final_layer import (
     text_cosine,
 )
 
-from neurocore.evaluate._where import choose_threshold, map_boxes, map_points, pointing_game, where_benchmark
+from neurocore.evaluate._where import (
+    HintConceptMaps,
+    choose_threshold,
+    hint_concept_maps,
+    map_boxes,
+    map_points,
+    pointing_game,
+    where_benchmark,
+)
 from neurocore.evaluate._summaries import highest_similarity, probe_size_effect, top_concept_counts
 from neurocore.evaluate._misprediction import MispredictionAUROC, misprediction_auroc
 from neurocore.evaluate._www_metrics import WWWMetrics, www_metrics
@@ -51,6 +65,9 @@ __all__: list[str] = [
     "norm_scaling",
     "SimulationScores",
     "CONCEPT_SOURCE_KEY",
+    "explainer_source",
+    "simulation_table",
+    "TABLE_COLUMNS",
     # replacing neurons, Top Impact (§2), area chart
     "Head",
     "head_after",
@@ -75,12 +92,18 @@ __all__: list[str] = [
     "box_iou",
     "whole_image_boxes",
     "centred_boxes",
+    "top_neurons",
+    "concept_localizers",
+    "concept_maps",
+    "most_specific_concepts",
     # the "where" benchmark over any maps (ALGORITHMS.md §5)
     "where_benchmark",
     "choose_threshold",
     "map_boxes",
     "map_points",
     "pointing_game",
+    "hint_concept_maps",
+    "HintConceptMaps",
     # the analysis report's summaries
     "highest_similarity",
     "top_concept_counts",

@@ -235,14 +235,10 @@ def localization_accuracy(
             f"phi must be Tensor[C], test_maps [B, C, h, w] and train_labels [R] for train_cells [R, C] = "
             f"{tuple(train_cells.shape)}; got {tuple(phi.shape)}, {tuple(test_maps.shape)}, {tuple(train_labels.shape)}"
         )
-    order = sorted(range(c), key=lambda d: (-float(phi[d]), d))
     rows = []
     for p in percents:
-        if not 0 < float(p) <= 100:
-            raise NeurocoreError(f"percents must lie in (0, 100]; got {p!r}")
-        k = max(1, int(round(c * float(p) / 100)))
-        keep = torch.zeros(c, dtype=torch.bool)
-        keep[order[:k]] = True
+        keep = top_neurons(phi, p)
+        k = int(keep.sum())
         clf = fit_concept_classifiers(train_cells, train_labels.reshape(-1, 1).bool(), ["concept"],
                                       classifier=classifier, neurons=keep, max_cells=max_cells, seed=seed)
         masks = clf.cell_scores(test_maps)[:, 0] > cell_threshold
@@ -251,3 +247,166 @@ def localization_accuracy(
                      "full_grid": loc.full_grid, "empty": loc.empty, "mean_iou": float(loc.iou.mean()),
                      "f1": float(clf.f1[0])})
     return pd.DataFrame(rows).set_index("percent")
+
+
+# ---- HINT's concept maps for any images (the "where" benchmark's HINT rows) ----------------------
+
+
+def top_neurons(phi: torch.Tensor, percent: float) -> torch.Tensor:
+    """The top ``percent`` % neurons by contribution Φ, per concept (HINT's localisation, ALGORITHMS.md §3.6).
+
+    ``k = max(1, round(C · percent / 100))`` neurons with the largest Φ; ties: the lower unit first.
+
+    Args:
+        phi (Tensor[C] or Tensor[C, E]): contributions of C neurons (to one concept, or to each of E:
+            HINT's Φ, neurons × concepts).
+        percent: in (0, 100].
+
+    Returns:
+        BoolTensor[C] for a Tensor[C], BoolTensor[E, C] for a Tensor[C, E]: the layout of
+        :func:`~neurocore.methods.hint.fit_concept_classifiers`' ``neurons=``.
+
+    Raises:
+        NeurocoreError: ``percent`` outside (0, 100], a Φ that is not 1-D or 2-D.
+
+    Example:
+        >>> top_neurons(torch.tensor([0.1, 0.5, 0.5, 0.0]), 50).tolist()
+        [False, True, True, False]
+        >>> top_neurons(torch.tensor([[1., 0.], [0., 1.], [2., 0.]]), 34).tolist()
+        [[False, False, True], [False, True, False]]
+    """
+    try:
+        ok = not isinstance(percent, (bool, str)) and 0 < float(percent) <= 100
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise NeurocoreError(f"percents must lie in (0, 100]; got {percent!r}")
+    phi = torch.as_tensor(phi)
+    if phi.dim() not in (1, 2) or phi.shape[0] == 0:
+        raise NeurocoreError(f"phi must be a Tensor[C] or Tensor[C, E] of contributions; got shape {tuple(phi.shape)}")
+    cols = phi.double().reshape(phi.shape[0], -1).T  # [E, C]
+    c = cols.shape[1]
+    k = max(1, int(round(c * float(percent) / 100)))
+    keep = torch.zeros(cols.shape, dtype=torch.bool)
+    for e in range(cols.shape[0]):
+        # a stable sort of -Φ keeps the lower unit first among ties
+        keep[e, torch.sort(-cols[e], stable=True).indices[:k]] = True
+    return keep[0] if phi.dim() == 1 else keep
+
+
+def concept_localizers(cells: torch.Tensor, labels: torch.Tensor, concepts: Sequence[str], phi: torch.Tensor, *,
+                       percent: float = 80, classifier: str = "logistic", max_cells: int = 2000, seed: int = 0):
+    """HINT's localisation classifiers: each concept's classifier refitted on its top ``percent`` % neurons
+    by Φ (ALGORITHMS.md §3.6; the paper's localisation uses 80 %).
+
+    Args:
+        cells (Tensor[R, C]), labels (BoolTensor[R, E]): training cells and their concepts
+            (:func:`~neurocore.methods.hint.cell_dataset` or :meth:`~neurocore.methods.hint.Hint.layer_cells`
+            on training images, never the images to be localised).
+        concepts: the E concept names.
+        phi (Tensor[C, E]): contributions (``Hint.phi_[layer]``, :func:`~neurocore.methods.hint.shapley_contributions`, ...).
+        percent: share of neurons kept per concept, in (0, 100]; 100 keeps all.
+        classifier, max_cells, seed: as :func:`~neurocore.methods.hint.fit_concept_classifiers`.
+
+    Returns:
+        :class:`~neurocore.methods.hint.ConceptClassifiers` (weights zero outside each concept's top neurons).
+
+    Raises:
+        NeurocoreError: Φ not [C, E] for these cells and concepts, ``percent`` outside (0, 100].
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> cells = torch.cat([torch.randn(100, 4, generator=g) + torch.tensor([4., 0, 0, 0]), torch.randn(100, 4, generator=g)])
+        >>> labels = (torch.arange(200) < 100).reshape(-1, 1)
+        >>> clf = concept_localizers(cells, labels, ["a"], torch.tensor([[1.], [0.], [0.], [0.]]), percent=25)
+        >>> clf.weight[0, 1:].tolist(), bool(clf.weight[0, 0] > 0)
+        ([0.0, 0.0, 0.0], True)
+    """
+    from neurocore.methods.hint import fit_concept_classifiers
+
+    phi = torch.as_tensor(phi)
+    if phi.dim() != 2 or phi.shape != (cells.shape[1], len(concepts)):
+        raise NeurocoreError(
+            f"phi must be Tensor[C, E] = [{cells.shape[1]}, {len(concepts)}] (neurons x concepts) for these cells and "
+            f"concepts; got {tuple(phi.shape)}"
+        )
+    return fit_concept_classifiers(cells, labels, list(concepts), classifier=classifier, neurons=top_neurons(phi, percent),
+                                   max_cells=max_cells, seed=seed)
+
+
+def concept_maps(classifiers, maps: torch.Tensor, concepts) -> torch.Tensor:
+    """HINT's map of each image's concept: its concept classifier applied to every cell of the image's
+    feature map, ``σ(αᵀ z_cell + β)`` (ALGORITHMS.md §3.6). Cells with probability > 0.5 are the concept's
+    region (``concept_maps(...) > 0.5``, a BoolTensor the "where" benchmark takes as it is); the
+    probabilities themselves are a score map.
+
+    Args:
+        classifiers: :class:`~neurocore.methods.hint.ConceptClassifiers` fitted on the layer's cells
+            (:func:`concept_localizers`, ``Hint.classifiers_[layer]``).
+        maps (Tensor[B, C, h, w]): the images' feature maps at that layer (e.g.
+            :func:`~neurocore.probe.spatial_maps`).
+        concepts: one concept name for every image, or a sequence of B names (each image's own concept,
+            e.g. :func:`most_specific_concepts`).
+
+    Returns:
+        Tensor[B, h, w] float32 in [0, 1], at the layer's resolution (the benchmark upsamples it).
+
+    Raises:
+        NeurocoreError: a concept the classifiers do not have (with close matches), a wrong number of
+            names, maps whose channels differ from the classifiers'.
+
+    Example:
+        >>> from neurocore.methods.hint import ConceptClassifiers
+        >>> clf = ConceptClassifiers(("a", "b"), torch.tensor([[10., 0.], [0., 10.]]), torch.tensor([-5., -5.]),
+        ...                          torch.ones(2), torch.ones(2, dtype=torch.int64))
+        >>> z = torch.zeros(2, 2, 1, 2); z[:, 0, 0, 0] = 1; z[:, 1, 0, 1] = 1
+        >>> (concept_maps(clf, z, ["a", "b"]) > 0.5).tolist()
+        [[[True, False]], [[False, True]]]
+    """
+    from neurocore._errors import close_matches
+
+    names = [concepts] * maps.shape[0] if isinstance(concepts, str) else [str(c) for c in concepts]
+    if len(names) != maps.shape[0]:
+        raise NeurocoreError(f"concepts must be one name or one per image ({maps.shape[0]}); got {len(names)}")
+    index = {c: e for e, c in enumerate(classifiers.concepts)}
+    for c in dict.fromkeys(names):
+        if c not in index:
+            near = close_matches(c, list(index))
+            raise NeurocoreError(
+                f"concept {c!r} has no classifier (concepts: {len(index)})"
+                + (f"; close matches: {', '.join(near)}" if near else "") + ": fit the classifiers on a hierarchy with it"
+            )
+    scores = classifiers.cell_scores(maps)  # [B, E, h, w]
+    pick = torch.tensor([index[c] for c in names], dtype=torch.int64)
+    return scores[torch.arange(maps.shape[0]), pick]
+
+
+def most_specific_concepts(hierarchy, labels) -> list[str]:
+    """Each image's most specific concept of a hierarchy: the node above its leaf class with the fewest
+    leaves (ties: the later node, i.e. the deeper one, nodes being root first).
+
+    Args:
+        hierarchy: :class:`~neurocore.methods.hint.ConceptHierarchy`.
+        labels (Tensor[N] int64): leaf class indices.
+
+    Returns:
+        list of N concept names.
+
+    Raises:
+        NeurocoreError: a class under no node of the hierarchy (HINT has no concept to localise for it).
+
+    Example:
+        >>> from neurocore.methods.hint import ConceptHierarchy
+        >>> h = ConceptHierarchy.from_groups(["a", "b", "c"], {"all": ["a", "b", "c"], "ab": ["a", "b"]})
+        >>> most_specific_concepts(h, torch.tensor([0, 2]))
+        ['ab', 'all']
+    """
+    member = hierarchy.membership(labels) > 0.5  # [N, E]
+    sizes = torch.tensor([len(n.leaves) for n in hierarchy.nodes], dtype=torch.float64)
+    # fewest leaves first, then the later node: sizes minus a fraction growing with the node index
+    rank = torch.where(member, sizes - torch.arange(len(sizes)) / (len(sizes) + 1.0), torch.full_like(sizes, float("inf")))
+    if member.shape[0] and not bool(member.any(1).all()):
+        i = int((~member.any(1)).nonzero()[0])
+        raise NeurocoreError(f"labels[{i}] (class {hierarchy.leaves[int(torch.as_tensor(labels).reshape(-1)[i])]!r}) lies "
+                             "under no concept of the hierarchy: add a root node or leave the image out")
+    return [hierarchy.names[int(e)] for e in rank.argmin(1)]

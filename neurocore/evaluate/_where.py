@@ -2,6 +2,11 @@
 Score-CAM, Ablation-CAM, LIME): localisation accuracy (the box of the map above a threshold chosen on a
 held-out split, IoU >= 0.5) and the pointing game, with the whole-image box beside them.
 
+HINT's row (:func:`hint_concept_maps`): concept classifiers fitted on training images (HINT's responsible
+regions, Φ, the top 80 % neurons by Φ), applied to the scored images' feature maps for each image's concept:
+the cells with probability > 0.5 as a region (HINT's own localisation, ALGORITHMS.md §3.6) and the
+probabilities as a score map.
+
 Maps are ``Tensor[B, h, w]``: floating score maps (each min-max normalised per image before the
 threshold, which is a fraction of the normalised range) or boolean region masks (used as they are; no
 threshold). Maps smaller than the image are upsampled to it (bilinear for scores, nearest for masks).
@@ -9,13 +14,23 @@ threshold). Maps smaller than the image are upsampled to it (bilinear for scores
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from neurocore._errors import NeurocoreError
-from neurocore.evaluate._localization import _best_iou, _sizes, mask_boxes, whole_image_boxes
+from neurocore.evaluate._localization import (
+    _best_iou,
+    _sizes,
+    concept_localizers,
+    concept_maps,
+    mask_boxes,
+    whole_image_boxes,
+)
 
 DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
@@ -172,7 +187,8 @@ def where_benchmark(
     For each source: the threshold is chosen on the ``heldout`` images (:func:`choose_threshold`; boolean
     regions have none), the box of the map above it is compared with the ground truth on the other
     images (IoU >= ``iou_threshold``: a hit), and the map's maximum is checked against the object
-    (:func:`pointing_game`). A ``whole image`` row is always added: the whole-image box, and the image
+    (:func:`pointing_game`; NaN for boolean regions, which have no maximum: score the map they were
+    thresholded from instead, as HINT's ``hint scores`` beside its ``hint regions``). A ``whole image`` row is always added: the whole-image box, and the image
     centre as its point.
 
     Args:
@@ -225,9 +241,12 @@ def where_benchmark(
             pred = map_boxes(m[test], size, t)
         iou = _best_iou(pred, pick(boxes, test))
         truth = truth_masks[test] if truth_masks is not None else pick(boxes, test)
-        hits = _in_truth(map_points(m[test], size), truth, int(tolerance))
+        if m.dtype == torch.bool:
+            pointing = float("nan")  # a region has no maximum to point with
+        else:
+            pointing = float(_in_truth(map_points(m[test], size), truth, int(tolerance)).double().mean())
         rows.append({"method": name, "threshold": t, "accuracy": float((iou >= iou_threshold).double().mean()),
-                     "mean_iou": float(iou.mean()), "pointing": float(hits.double().mean()),
+                     "mean_iou": float(iou.mean()), "pointing": pointing,
                      "seconds_per_image": float(seconds.get(name, float("nan"))), "images": int(test.numel())})
     whole = whole_image_boxes(size, int(test.numel()))
     iou = _best_iou(whole, pick(boxes, test))
@@ -238,3 +257,130 @@ def where_benchmark(
                  "mean_iou": float(iou.mean()), "pointing": float(hits.double().mean()), "seconds_per_image": 0.0,
                  "images": int(test.numel())})
     return pd.DataFrame(rows).set_index("method")
+
+
+@dataclass(frozen=True)
+class HintConceptMaps:
+    """HINT's concept maps of some images (:func:`hint_concept_maps`).
+
+    Attributes:
+        scores (Tensor[B, h, w] float32): each image's concept classifier's probability at every cell of
+            the layer's map.
+        regions (BoolTensor[B, h, w]): ``scores > 0.5``: the concept's region (HINT's localisation).
+        concepts (tuple[str, ...]): the concept localised in each image.
+        classifiers: the :class:`~neurocore.methods.hint.ConceptClassifiers` applied (top ``percent`` % neurons).
+        phi (Tensor[C, E]): Φ of the training cells.
+        fit_seconds: saliency, classifiers and Φ on the training images (once).
+        map_seconds: feature maps and classifiers on the B images (all of them).
+    """
+
+    scores: torch.Tensor
+    regions: torch.Tensor
+    concepts: tuple[str, ...]
+    classifiers: Any
+    phi: torch.Tensor
+    fit_seconds: float
+    map_seconds: float
+
+
+def hint_concept_maps(
+    model,
+    layer: str,
+    train_images: torch.Tensor,
+    train_targets: torch.Tensor,
+    train_membership: torch.Tensor,
+    concepts: Sequence[str],
+    images: torch.Tensor,
+    image_concepts,
+    *,
+    method=None,
+    percent: float = 80,
+) -> HintConceptMaps:
+    """HINT's "where" for new images: fit on training images, map each scored image's concept.
+
+    On the training images (never the scored ones), with the settings of ``method`` (a
+    :class:`~neurocore.methods.hint.Hint`; default ``Hint()``: guided backprop, norm, t = 0.5, logistic
+    regression, Shapley Φ): layer saliency of each image's target logit, responsible regions, the
+    cells of every concept (:func:`~neurocore.methods.hint.cell_dataset`), the concept classifiers and
+    Φ; then each concept's classifier refitted on its top ``percent`` % neurons by Φ
+    (:func:`~neurocore.evaluate.concept_localizers`, ALGORITHMS.md §3.6). On the scored images: the
+    layer's feature maps (:func:`~neurocore.probe.spatial_maps`) and each image's concept classifier
+    at every cell (:func:`~neurocore.evaluate.concept_maps`).
+
+    Args:
+        model: the classifier (logits ``[B, classes]``).
+        layer: module name of the explained layer (a ``[B, C, h, w]`` output).
+        train_images (Tensor[N, 3, H, W]): preprocessed training images.
+        train_targets (Tensor[N] int64): the logit differentiated for each (its class's logit index).
+        train_membership (Tensor[N, E]): 1 where training image n belongs to concept e
+            (:meth:`~neurocore.methods.hint.ConceptHierarchy.membership`).
+        concepts: the E concept names (e.g. ``hierarchy.names``).
+        images (Tensor[B, 3, H, W]): the preprocessed images to localise in.
+        image_concepts: one concept name for all, or one per image
+            (:func:`~neurocore.evaluate.most_specific_concepts`).
+        method: a :class:`~neurocore.methods.hint.Hint` whose settings are used; None: the defaults.
+        percent: neurons kept per concept by Φ, in (0, 100] (the paper's localisation: 80).
+
+    Returns:
+        :class:`HintConceptMaps` (maps at the layer's resolution; the "where" benchmark upsamples them).
+
+    Raises:
+        NeurocoreError: bad HINT settings, mismatched shapes, an unknown concept, a wrong layer, a layer
+            without responsible regions (flat saliency, e.g. the layer a global average pool follows).
+
+    Example:
+        >>> from neurocore.demo import ConceptWorld, PlantedConceptNet
+        >>> from neurocore.methods.hint import Hint
+        >>> world = ConceptWorld(); train = world.sample(1, seed=0); test = world.sample(1, seed=1).subset(range(4))
+        >>> colour = train.attributes[:, 1]  # concept = the object's colour; logit = its colour unit
+        >>> hm = hint_concept_maps(PlantedConceptNet(world), "colours", train.images, colour,
+        ...                        F.one_hot(colour, 4), world.colours, test.images,
+        ...                        [world.colours[c] for c in test.attributes[:, 1]],
+        ...                        method=Hint(saliency="gradient_x_input", contribution="coefficient"))
+        >>> hm.scores.shape, map_boxes(hm.regions, (32, 32)).tolist() == test.boxes.tolist()  # the planted boxes
+        (torch.Size([4, 32, 32]), True)
+    """
+    from neurocore.methods.hint import Hint, _contributions, cell_dataset, layer_saliency, responsible_regions
+    from neurocore.probe import spatial_maps
+
+    settings = (method if method is not None else Hint())._settings()
+    if isinstance(settings["target"], list) or settings["target"] != "label":
+        raise NeurocoreError(
+            f"method.target must be 'label' here (train_targets give each training image's logit); got {settings['target']!r}"
+        )
+    concepts = [str(c) for c in concepts]
+    train_targets = torch.as_tensor(train_targets, dtype=torch.int64).reshape(-1)
+    train_membership = torch.as_tensor(train_membership)
+    n = train_images.shape[0] if isinstance(train_images, torch.Tensor) else -1
+    if n < 1 or train_targets.numel() != n or train_membership.shape != (n, len(concepts)):
+        raise NeurocoreError(
+            f"train_images must be a Tensor[N, 3, H, W] with train_targets [N] and train_membership [N, E = {len(concepts)}]; "
+            f"got {getattr(train_images, 'shape', type(train_images).__name__)}, {tuple(train_targets.shape)}, "
+            f"{tuple(train_membership.shape)}"
+        )
+    clock = time.perf_counter()
+    options = {"batch_size": settings["batch_size"]}
+    if settings["saliency"] == "smoothgrad":
+        options["seed"] = settings["seed"]
+    maps, sal = layer_saliency(model, layer, train_images, train_targets, settings["saliency"], **options)
+    regions = responsible_regions(sal, settings["aggregation"], settings["threshold"])
+    cells, labels = cell_dataset(maps, regions, train_membership.float())
+    if not bool(labels.any()):
+        raise NeurocoreError(
+            f"no training cell of layer {layer!r} is a responsible region of any concept (saliency "
+            f"{settings['saliency']!r} is flat there: right before global average pooling the gradient is the same at "
+            "every cell): choose an earlier layer, or train_membership with 1s"
+        )
+    phi, _ = _contributions(cells, labels, concepts, settings)
+    clf = concept_localizers(cells, labels, concepts, phi, percent=percent, classifier=settings["classifier"],
+                             max_cells=settings["max_cells"], seed=settings["seed"])
+    fit_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        raise NeurocoreError(f"images must be a non-empty Tensor[B, 3, H, W]; got {getattr(images, 'shape', type(images).__name__)}")
+    test_maps = spatial_maps(model, layer, images, range(images.shape[0]), batch_size=settings["batch_size"])
+    if test_maps.dim() != 4:
+        raise NeurocoreError(f"layer {layer!r} must give [B, C, h, w] maps; got {tuple(test_maps.shape)}")
+    names = [image_concepts] * images.shape[0] if isinstance(image_concepts, str) else [str(c) for c in image_concepts]
+    scores = concept_maps(clf, test_maps, names)
+    return HintConceptMaps(scores, scores > 0.5, tuple(names), clf, phi, fit_seconds, time.perf_counter() - clock)
