@@ -1,4 +1,8 @@
-"""The ``neurocore`` command line: ``demo``, ``dissect``, ``hint``, ``www`` and ``layers``.
+"""The ``neurocore`` command line: ``demo``, ``explain``, ``dissect``, ``hint``, ``www`` and ``layers``.
+
+``neurocore explain --method clip_dissect linear hint www ...`` runs any methods of the registry over one
+recording and writes one report (:mod:`neurocore._cli._explain`); ``dissect``, ``hint`` and ``www`` are
+its aliases for one method, with the options and files those commands always had.
 
 ``neurocore demo`` dissects a small CNN trained on a synthetic world whose concepts are known, offline,
 in well under two minutes on two CPU cores. ``neurocore dissect`` runs CLIP-Dissect on any torchvision
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from neurocore import models as _models
 from neurocore._errors import NeurocoreError
+from neurocore.scale import _sweep
 
 DEFAULT_DISSECT_OUT = "neurocore-out"
 
@@ -85,7 +90,7 @@ _fraction.__name__ = "number in (0, 1]"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``neurocore`` argument parser (sub-commands ``demo``, ``dissect``, ``layers``).
+    """The ``neurocore`` argument parser (sub-commands ``demo``, ``explain``, ``dissect``, ``hint``, ``www``, ``layers``).
 
     Example:
         >>> args = build_parser().parse_args(["demo", "--epochs", "2", "--no-progress"])
@@ -190,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--device", help="where the model runs, e.g. cpu, cuda or cuda:1 (default: cpu)")
     dis.add_argument("--cache-dir", metavar="DIR", help="cache recorded activations and embeddings here")
     dis.add_argument("--engine", choices=("local", "ray"), default="local",
-                     help="record in this process (local, default) or in Ray workers (ray: needs --cache-dir and "
-                          "`pip install neurocore[ray]`; the shards meet in the cache)")
+                     help="record (and encode with --vlm) in this process (local, default) or in Ray workers (ray: "
+                          "needs --cache-dir and `pip install neurocore[ray]`; the shards meet in the cache)")
     dis.add_argument("--address", metavar="HOST:PORT",
                      help="the Ray cluster for --engine ray ('auto' or HOST:6379 after `ray start --head`; default: a local one)")
     dis.add_argument("--top-concepts", type=_int_at_least(1), default=5, metavar="N", help="concepts kept per neuron (default: 5)")
@@ -200,12 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--report-images", type=_int_at_least(0), default=5, metavar="N", help="top images per neuron in the report (default: 5)")
     dis.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    from neurocore._cli._explain import add_explain_parser
+
+    add_explain_parser(sub)
     _add_hint_parser(sub)
     _add_www_parser(sub)
 
     lay = sub.add_parser("layers", help="list a model's layer (module) names", description="List the module names of a model, for --layers.")
     lay.add_argument("--model", required=True, metavar="NAME_OR_FILE", help="as for 'neurocore dissect'")
     lay.add_argument("--depth", type=_int_at_least(1), metavar="N", help="only names with at most N dot-separated parts")
+    # further commands add their parser here (and their function to _COMMANDS)
+    _sweep.add_sweep_parser(sub)
     return parser
 
 
@@ -299,120 +309,11 @@ def _key_map(text: str | None):
     return mapping
 
 
-def _open_probe(args):
-    """The probe folder, with --annotations when given; --labels refuses what would give every neuron
-    one label (no classes, or a single class) before any model is built."""
-    from neurocore.probe import ImageFolder
-
-    if args.annotations is not None:
-        if not args.labels:
-            raise NeurocoreError("--annotations gives the labels of --labels: add --labels")
-        probe = ImageFolder(args.probe, annotations=args.annotations)
-    else:
-        probe = ImageFolder(args.probe)
-    if not args.labels:
-        return probe
-    found = getattr(probe, "annotations_hint", None)  # an annotations file next to the images, never used unasked
-    hint = f"; {str(found)!r} looks like one: --annotations {found}" if found else ""
-    if probe.classes is None:
-        raise NeurocoreError(
-            f"--labels needs class sub-folders in --probe {args.probe!r} (DIR/<class>/<image>); this folder is flat. "
-            f"Put the images into class sub-folders, or name each file's class with --annotations FILE{hint}"
-        )
-    if len(probe.classes) < 2:
-        raise NeurocoreError(
-            f"--labels found a single class {probe.classes[0]!r} in --probe {args.probe!r}: every neuron would get "
-            "that label. Put the images into one sub-folder per class (DIR/<class>/<image>), or give each file's "
-            f"class with --annotations FILE (lines 'FILE<TAB>CLASS', as Tiny-ImageNet's val_annotations.txt){hint}"
-        )
-    return probe
-
-
 def _cmd_dissect(args) -> None:
-    import pandas as pd
+    """``neurocore dissect``: ``explain --method clip_dissect`` with dissect's options and files."""
+    from neurocore._cli._explain import cmd_explain, from_dissect
 
-    from neurocore._pipeline import SKIPPED_FILE, run_dissection
-    from neurocore.concepts import load_concepts
-    from neurocore.methods import ClipDissect
-    from neurocore.report import layer_summary
-
-    progress = not args.no_progress
-    # Every check that needs no model comes first: a typo must not cost a model download.
-    device = _device(args.device)
-    if args.labels and args.concepts is not None:
-        raise NeurocoreError("--concepts cannot be combined with --labels: the probe folder's class names are the concepts")
-    probe = _open_probe(args)
-    if args.template is not None and args.vlm is None:
-        raise NeurocoreError("--template applies to concepts encoded by --vlm")
-    if args.random_init and args.weights is not None:
-        raise NeurocoreError("--random-init and --weights contradict each other: give one")
-    if args.key_map is not None and args.weights is None:
-        raise NeurocoreError("--key-map maps the names of --weights: give --weights FILE too")
-    key_map = _key_map(args.key_map)
-    if args.engine == "ray" and args.cache_dir is None:
-        raise NeurocoreError("--engine ray needs --cache-dir DIR (on storage every Ray node shares): the workers' shards meet there")
-    if args.address is not None and args.engine != "ray":
-        raise NeurocoreError("--address applies to --engine ray")
-    explainer = ClipDissect(similarity=args.similarity, n_top_concepts=args.top_concepts)
-    explainer.required_top_k(len(probe))  # validates the settings
-    names = None
-    given = None
-    if args.vlm is not None:
-        if args.concepts is None:
-            raise NeurocoreError("--vlm needs --concepts (e.g. --concepts 20k, a text file with one concept per line)")
-        names = load_concepts(args.concepts)
-    elif args.scores is not None:
-        given = _read_scores(args.scores, args.concepts)
-        if given.num_images > len(probe):  # fewer may fit (unreadable images), known only after recording
-            raise NeurocoreError(
-                f"--scores {args.scores!r} has {given.num_images} rows but the probe folder has {len(probe)} "
-                "images: give one row per image, in the folder's sorted order"
-            )
-    model, transform = load_model(
-        args.model, args.weights, pretrained=not args.random_init, key_map=key_map, input_size=args.input_size,
-        mean=args.mean, std=args.std, interpolation=args.interpolation, crop_pct=args.crop_pct,
-    )
-    if device is not None:
-        model = model.to(device)
-    vlm = None
-    if args.vlm is not None:
-        from neurocore.vlm import load_vlm
-
-        vlm = load_vlm(args.vlm, device=device)
-
-    if args.engine == "ray":
-        # Ray workers fill the activation cache; run_dissection's own record() below then reads it back.
-        from neurocore.probe import record
-
-        record(model, args.layers, probe, summary=args.summary, layout=_layouts(args.layout, args.layers), transform=transform,
-               batch_size=args.batch_size, device=device, cache_dir=args.cache_dir, num_workers=args.num_workers,
-               progress=progress, engine="ray", address=args.address)
-    run = run_dissection(
-        model, args.layers, probe, explainer, scores=given, concepts=names, vlm=vlm, labels=args.labels,
-        class_names=getattr(probe, "classes", None) if args.labels else None, template=args.template,
-        summary=args.summary, layout=_layouts(args.layout, args.layers), transform=transform, batch_size=args.batch_size, device=device,
-        cache_dir=args.cache_dir, num_workers=args.num_workers, progress=progress,
-    )
-    out = Path(args.out)
-    scores = run.concept_scores
-    report = run.write(
-        out, n_images=args.report_images, neurons_with_images=args.report_neurons,
-        title=f"neurocore: {args.model} on {args.probe}",
-        intro=f"CLIP-Dissect ({args.similarity}) of {', '.join(args.layers)} of {args.model} over {run.store.num_images} "
-              f"images of {args.probe}; concept scores: {scores.source} ({scores.num_concepts} concepts).",
-    )
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
-        print(layer_summary(run.explanations).to_string())
-    skipped = run.skipped
-    if skipped:
-        shown = "; ".join(f"{ident} ({reason})" for _, ident, reason in skipped[:_SKIPPED_SHOWN])
-        more = f"; and {len(skipped) - _SKIPPED_SHOWN} more" if len(skipped) > _SKIPPED_SHOWN else ""
-        print(
-            f"neurocore: warning: skipped {len(skipped)} unreadable image(s) of {len(probe)} (all listed in "
-            f"{out / SKIPPED_FILE}): {shown}{more}",
-            file=sys.stderr,
-        )
-    print(f"wrote {out / 'explanations.csv'}, {out / 'explanations.json'}, {out / SKIPPED_FILE} and {report}")
+    cmd_explain(from_dissect(args))
 
 
 def _read_scores(path: str, concepts):
@@ -521,76 +422,10 @@ def _hint_target(choice: str, classes, model, probe, transform):
 
 
 def _cmd_hint(args) -> None:
-    import torch
+    """``neurocore hint``: ``explain --method hint`` with hint's options and files."""
+    from neurocore._cli._explain import cmd_explain, from_hint
 
-    import neurocore
-    from neurocore.methods.hint import ConceptHierarchy, Hint, association_figure, contribution_matrix
-    from neurocore.probe import ImageFolder, record
-    from neurocore.probe._maps import _input_tensor
-    from neurocore.report import ConceptExamples, write_hint_report, write_html_report
-
-    progress = not args.no_progress
-    probe = ImageFolder(args.images, annotations=args.annotations) if args.annotations else ImageFolder(args.images)
-    if probe.classes is None:
-        raise NeurocoreError(
-            f"--images {args.images!r} is a flat folder: HINT needs each image's class (DIR/<wnid>/<image>, or --annotations FILE)"
-        )
-    if args.groups is not None:
-        try:
-            groups = json.loads(Path(args.groups).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise NeurocoreError(f"cannot read --groups {args.groups!r} as JSON ({type(exc).__name__}: {exc})") from None
-        if not isinstance(groups, dict):
-            raise NeurocoreError(f"--groups {args.groups!r} must hold one JSON object {{concept: [class, ...]}}")
-        unknown = [c for c in args.concepts if c not in groups]
-        if unknown:
-            raise NeurocoreError(f"--concepts {unknown} are not in --groups {args.groups!r} (it has: {list(groups)[:10]})")
-        hierarchy = ConceptHierarchy.from_groups(probe.classes, {c: groups[c] for c in args.concepts})
-    else:
-        hierarchy = ConceptHierarchy.from_wordnet(probe.classes, args.concepts)
-    if args.key_map is not None and args.weights is None:
-        raise NeurocoreError("--key-map maps the names of --weights: give --weights FILE too")
-    model, transform = load_model(args.model, args.weights, pretrained=not args.random_init, key_map=_key_map(args.key_map),
-                                  input_size=args.input_size)
-    target = _hint_target(args.target, probe.classes, model, probe, transform)
-    method = Hint(saliency=args.saliency, classifier=args.classifier, contribution=args.contribution, target=target,
-                  images_per_concept=args.images_per_concept, top_n=args.top_n, batch_size=args.batch_size, seed=args.seed)
-    labels = torch.tensor(probe.labels, dtype=torch.int64)
-    store = record(model, [args.layer], probe, transform=transform, batch_size=args.batch_size, progress=progress)
-    rows = store.dataset_indices if store.dataset_indices is not None else torch.arange(store.num_images)
-    scores = hierarchy.concept_scores(labels[rows], image_ids=store.image_ids)
-    explanations = method.explain(store, scores, model=model, probe=probe, transform=transform, progress=progress)
-    out = Path(args.out)
-    explanations.save(out)
-    contribution_matrix(explanations, args.layer).to_csv(out / "phi.csv", index_label="unit")
-    association_figure(method.phi_[args.layer], hierarchy.names, args.top_n, path=out / "association.png")
-    write_html_report(explanations, out, probe=probe, store=store, filename="neurons.html",
-                      title=f"HINT: neurons of {args.layer}")
-    examples = {}
-    clf = method.classifiers_[args.layer]
-    member = hierarchy.membership(labels)
-    for e, concept in enumerate(hierarchy.names):
-        idx = member[:, e].nonzero().reshape(-1)[: args.examples].tolist()
-        if not idx:
-            continue
-        maps, regions, _, _ = method.layer_cells(model, args.layer, probe, idx, member[idx], transform=transform)
-        examples[concept] = ConceptExamples(
-            torch.stack([_input_tensor(probe, i, transform) for i in idx]), regions,
-            clf.cell_scores(maps)[:, e] > 0.5, tuple(probe.image_id(i) for i in idx),
-        )
-    report = write_hint_report(
-        explanations, out, examples, layer=args.layer, top_n=args.top_n,
-        title=f"neurocore HINT: {args.model} {args.layer} on {args.images}",
-        intro=f"HINT ({args.saliency} saliency, {args.classifier} classifiers, {args.contribution} contributions) of "
-              f"{args.layer} over {explanations.params['images']} images of {args.images}; concepts: {', '.join(hierarchy.names)} "
-              f"(neurocore {neurocore.__version__}).",
-        links=("explanations.csv", "explanations.json", "phi.csv", "association.png", "neurons.html"),
-    )
-    for concept in hierarchy.names:
-        f1 = explanations.params["f1"][args.layer].get(concept)
-        top = explanations.params["collaborative"][args.layer][concept][: min(5, args.top_n)]
-        print(f"{concept}: classifier F1 {f1:.4f}, top neurons {top}")
-    print(f"wrote {out / 'explanations.csv'}, {out / 'phi.csv'}, {out / 'association.png'} and {report}")
+    cmd_explain(from_hint(args))
 
 
 def _cmd_layers(args) -> None:
@@ -644,120 +479,29 @@ def _add_www_parser(sub) -> None:
     wp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _www_heatmaps(model, layer, probe, transform, count, batch_size, device, progress):
-    """The first ``count`` images' class and sample heatmaps; class importance over the whole folder, each
-    image counted for its predicted class (the folder's classes need not be the model's)."""
-    import torch
-
-    from neurocore.methods.www import class_importance, image_heatmaps
-    from neurocore.probe._data import iter_batches
-    from neurocore.probe._maps import _input_tensor
-    from neurocore.report import HeatmapExample
-
-    preds = torch.zeros(len(probe), dtype=torch.int64)
-    with torch.no_grad():
-        for batch in iter_batches(probe, batch_size, transform):
-            x = batch.images if device is None else batch.images.to(device)
-            preds[batch.indices] = model(x).argmax(1).cpu()
-    ci = class_importance(model, layer, probe, transform=transform, labels=preds, batch_size=batch_size, device=device,
-                          progress=progress)
-    idx = list(range(min(count, len(probe))))
-    subset = [(_input_tensor(probe, i, transform), int(preds[i])) for i in idx]
-    res = image_heatmaps(model, layer, subset, ci, batch_size=batch_size, device=device, keep_heatmaps=True)
-    return [HeatmapExample(subset[j][0], res.class_heatmaps[j], res.sample_heatmaps[j], float(res.similarity[j]),
-                           f"{probe.image_id(i)} · predicted {int(res.predictions[j])}") for j, i in enumerate(idx)]
-
-
 def _cmd_www(args) -> None:
-    import torch
+    """``neurocore www``: ``explain --method www`` with www's options and files."""
+    from neurocore._cli._explain import cmd_explain, from_www
 
-    import neurocore
-    from neurocore.methods.www import WWW
-    from neurocore.probe import ImageFolder, crops, record
-    from neurocore.probe._maps import _input_tensor
-    from neurocore.report import NeuronExamples, write_www_report
-
-    progress = not args.no_progress
-    device = _device(args.device)
-    probe = ImageFolder(args.images)
-    given = None
-    if args.scores is not None:
-        given = _read_scores(args.scores, args.concepts)
-        if given.num_images != len(probe):
-            raise NeurocoreError(
-                f"--scores {args.scores!r} has {given.num_images} rows but --images has {len(probe)} images: give one row "
-                "per image, in the folder's sorted order"
-            )
-    if args.key_map is not None and args.weights is None:
-        raise NeurocoreError("--key-map maps the names of --weights: give --weights FILE too")
-    model, transform = load_model(args.model, args.weights, pretrained=not args.random_init, key_map=_key_map(args.key_map),
-                                  input_size=args.input_size)
-    if device is not None:
-        model = model.to(device)
-    vlm = None
-    if args.vlm is not None:
-        from neurocore.vlm import load_vlm
-
-        vlm = load_vlm(args.vlm, device=device)
-    method = WWW(vlm=vlm, concept_set=args.concepts or "wordnet_nouns", template=args.template, n_images=args.n_images,
-                 alpha_major=args.alpha_major, alpha_minor=args.alpha_minor, crop_fraction=args.crop_fraction,
-                 cache_dir=args.cache_dir, batch_size=args.batch_size)
-    store = record(model, [args.layer], probe, top_k=max(100, args.n_images), transform=transform,
-                   batch_size=args.batch_size, device=device, progress=progress)
-    if given is not None and store.num_images != given.num_images:
-        raise NeurocoreError(f"{given.num_images - store.num_images} image(s) of --images were unreadable: --scores rows "
-                             "no longer match; remove them and score the rest")
-    if given is not None and not given.image_ids and store.image_ids:
-        from neurocore.concepts import ConceptScores
-
-        given = ConceptScores.from_tensor(given.scores, given.concepts, given.source, image_ids=store.image_ids)
-    explanations = method.explain(store, given, model=model, probe=probe, transform=transform, progress=progress)
-    out = Path(args.out)
-    explanations.save(out)
-    la = store[args.layer]
-    rows = la.top_indices[: min(args.report_images, la.top_indices.shape[0])]
-    ds = store.dataset_indices[rows] if store.dataset_indices is not None else rows  # [n, K]
-    units = list(range(min(args.report_neurons, la.num_neurons)))
-    examples = {}
-    if units and args.report_images:
-        idx = ds[:, units].T.reshape(-1)
-        unit_of = torch.tensor(units).repeat_interleave(ds.shape[0])
-        try:
-            cut = crops(model, args.layer, probe, idx, unit_of, transform=transform, fraction=args.crop_fraction,
-                        batch_size=args.batch_size, device=device).images
-        except NeurocoreError:  # a layer without cells ([B, C]): no crops
-            cut = None
-        n = ds.shape[0]
-        for j, k in enumerate(units):
-            pick = idx[j * n : (j + 1) * n].tolist()
-            examples[k] = NeuronExamples(torch.stack([_input_tensor(probe, i, transform) for i in pick]),
-                                         None if cut is None else cut[j * n : (j + 1) * n],
-                                         tuple(probe.image_id(i) for i in pick))
-    heatmaps = []
-    if args.heatmap_images:
-        try:
-            heatmaps = _www_heatmaps(model, args.layer, probe, transform, args.heatmap_images, args.batch_size, device,
-                                     progress)
-        except NeurocoreError as exc:
-            warnings.warn(f"no heatmaps for layer {args.layer!r}: {exc}")
-    source = explanations.params.get("concept_source")
-    report = write_www_report(
-        explanations, out, examples, heatmaps, layer=args.layer, max_neurons=args.report_neurons,
-        title=f"neurocore WWW: {args.model} {args.layer} on {args.images}",
-        intro=f"WWW of {args.layer} over {store.num_images} images of {args.images}; concept similarities: {source} "
-              f"(neurocore {neurocore.__version__}).",
-        links=("explanations.csv", "explanations.json"),
-    )
-    labelled = sum(bool(n.concepts) for n in explanations)
-    print(f"{args.layer}: {labelled} of {len(explanations.neurons)} neurons with a major concept")
-    for n in list(explanations)[:10]:
-        print(f"  neuron {n.unit}: {n.label}")
-    if heatmaps:
-        print("heatmap similarity: " + ", ".join(f"{h.similarity:.4f}" for h in heatmaps))
-    print(f"wrote {out / 'explanations.csv'}, {out / 'explanations.json'} and {report}")
+    cmd_explain(from_www(args))
 
 
-_COMMANDS = {"demo": _cmd_demo, "dissect": _cmd_dissect, "layers": _cmd_layers, "hint": _cmd_hint, "www": _cmd_www}
+def _cmd_explain(args) -> None:
+    from neurocore._cli._explain import cmd_explain
+
+    cmd_explain(args)
+
+
+_COMMANDS = {
+    "demo": _cmd_demo,
+    "explain": _cmd_explain,
+    "dissect": _cmd_dissect,
+    "layers": _cmd_layers,
+    "hint": _cmd_hint,
+    "www": _cmd_www,
+    "sweep": _sweep.cmd_sweep,
+    # further commands: one entry here and their parser at the end of build_parser
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

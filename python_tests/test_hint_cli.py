@@ -2,44 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 import torch
+from _cli_fixtures import coloured_squares, run
 from torch import nn
-
-from neurocore.cli import main
 
 CLASSES = ("n02084071", "n02121808", "n02958343")  # dog, domestic cat, car
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    import PIL.Image
-
     root = tmp_path_factory.mktemp("hint_cli")
-    gen = torch.Generator().manual_seed(0)
-    for c, wnid in enumerate(CLASSES):
-        (root / "images" / wnid).mkdir(parents=True)
-        for i in range(4):
-            img = (torch.rand(24, 24, 3, generator=gen) * 60).to(torch.uint8)
-            y, x = torch.randint(0, 12, (2,), generator=gen).tolist()
-            img[y : y + 12, x : x + 12, c] = 230  # an object of the class's colour
-            PIL.Image.fromarray(img.numpy()).save(root / "images" / wnid / f"{i}.png")
+    coloured_squares(root / "images", CLASSES, 4)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
     torch.save(net, root / "net.pt")
     return root
-
-
-def run(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(list(argv))
-    return status, out.getvalue(), err.getvalue()
 
 
 def test_hint_command_writes_the_report(folder):

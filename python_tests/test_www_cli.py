@@ -3,52 +3,23 @@ colour channel c) with given scores, and with a tiny random open_clip model; and
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 
 import pytest
 import torch
-from torch import nn
-
-from neurocore.cli import main
+from _cli_fixtures import colour_net, coloured_squares, run, truth_scores
 
 COLOURS = ("red", "green", "blue")  # channel c of the image and of the network
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    import PIL.Image
-
     root = tmp_path_factory.mktemp("www_cli")
-    gen = torch.Generator().manual_seed(0)
-    for c, name in enumerate(COLOURS):
-        (root / "images" / name).mkdir(parents=True)
-        for i in range(4):
-            img = (torch.rand(24, 24, 3, generator=gen) * 40).to(torch.uint8)
-            y, x = torch.randint(0, 12, (2,), generator=gen).tolist()
-            img[y : y + 12, x : x + 12, c] = 230  # an object of the class's colour
-            PIL.Image.fromarray(img.numpy()).save(root / "images" / name / f"{i}.png")
-    net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3)).eval()
-    with torch.no_grad():
-        net[0].weight.copy_(torch.eye(3)[:, :, None, None])
-        net[0].bias.zero_()
-        net[4].weight.copy_(torch.eye(3))
-        net[4].bias.zero_()
-    torch.save(net, root / "net.pt")
-    # ImageFolder's order: class folders sorted (blue, green, red), files sorted inside
-    order = sorted(COLOURS)
-    truth = torch.tensor([[1.0 if c == name else 0.0 for c in COLOURS] for name in order for _ in range(4)])
-    torch.save({"scores": truth, "concepts": list(COLOURS)}, root / "scores.pt")
+    coloured_squares(root / "images", COLOURS, 4, noise=40)
+    torch.save(colour_net(), root / "net.pt")
+    torch.save({"scores": truth_scores(COLOURS, 4), "concepts": list(COLOURS)}, root / "scores.pt")
     return root
-
-
-def run(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(list(argv))
-    return status, out.getvalue(), err.getvalue()
 
 
 def test_www_command_with_given_scores(folder):
