@@ -3,7 +3,8 @@
 The pipeline (ARCHITECTURE.md): :func:`record` a model's activations over probe images into an
 :class:`ActivationStore`; score probe images against concepts (:class:`ConceptScores`, from a
 vision–language model or from labels); explain every neuron with a method (:func:`dissect` for
-CLIP-Dissect, :func:`explain_linear` for Linear Explanations) into :class:`Explanations`; evaluate
+CLIP-Dissect, :func:`explain_linear` for Linear Explanations, :func:`run_methods` for several methods
+over one recording) into :class:`Explanations`; evaluate
 them (:mod:`neurocore.evaluate`). The compiled kernels are reached through :mod:`neurocore.ops`;
 :mod:`neurocore.reference` holds their pure-torch twins.
 """
@@ -18,6 +19,7 @@ from neurocore.methods.linear import explain_linear
 from neurocore.methods.www import www
 from neurocore.methods.hint import hint
 from neurocore.probe import ActivationStore, ImageFolder, record, spatial_maps
+from neurocore._pipeline import MethodsRun, run_methods
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,8 @@ __all__ = [
     "ConceptScores",
     "load_concepts",
     "dissect",
+    "run_methods",
+    "MethodsRun",
     "explain_linear",
     "www",
     "hint",

@@ -50,21 +50,26 @@ def stand_ins(tmp_path, monkeypatch):
     torch.manual_seed(0)
     checkpoint = tmp_path / "tiny-clip.bin"
     torch.save(open_clip.create_model(TINY_CLIP).state_dict(), checkpoint)
+    other = tmp_path / "tiny-clip-simulator.bin"  # the simulator: the same architecture, other weights
+    torch.manual_seed(1)
+    torch.save(open_clip.create_model(TINY_CLIP).state_dict(), other)
     return {
         '"path/to/images"': repr(str(tmp_path / "images")),
         '"path/to/train"': repr(str(tmp_path / "train")),
         '"open_clip:ViT-B-16:path/to/checkpoint.bin"': repr(f"open_clip:{TINY_CLIP}:{checkpoint}"),
+        '"open_clip:ViT-L-14:path/to/other.bin"': repr(f"open_clip:{TINY_CLIP}:{other}"),
         'concepts="20k"': 'concepts=["red", "green", "blue", "dog"]',
     }
 
 
 def test_readme_has_the_examples_this_test_runs():
     blocks = python_blocks()
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     assert "write_html_report" in blocks[0]  # how to write the HTML report from Python
+    assert "run_methods" in blocks[2] and "simulation_table" in blocks[2]  # several methods, one report
 
 
-@pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.parametrize("index", [0, 1, 2, 3])
 def test_readme_python_example_runs(stand_ins, index, tmp_path):
     code = python_blocks()[index]
     used = [k for k in stand_ins if k in code]
@@ -80,6 +85,12 @@ def test_readme_python_example_runs(stand_ins, index, tmp_path):
         assert "red" in (tmp_path / "out" / "index.html").read_text()
     elif index == 1:
         assert len(namespace["le"]) == 2048
+    elif index == 2:
+        run, table = namespace["run"], namespace["table"]
+        assert list(run.explanations) == ["clip_dissect", "www"] and set(table["method"]) == {"clip_dissect", "www"}
+        page = (tmp_path / "run" / "index.html").read_text()
+        assert page.count('class="neuron-card"') + page.count("class='neuron-card'") == 64  # the cap per layer
+        assert (tmp_path / "run" / "run.json").is_file() and (tmp_path / "run" / "www" / "explanations.csv").is_file()
     else:
         assert namespace["store"].key["layouts"] == {"features.5": "NHWC", "head": "NC"}
         assert namespace["maps"].shape == (5, 384, 4, 4) and namespace["grads"].gradients.shape == (5, 384, 4, 4)
