@@ -89,6 +89,17 @@ def _fraction(text: str) -> float:
 _fraction.__name__ = "number in (0, 1]"
 
 
+def _add_preprocessing_options(parser: argparse.ArgumentParser, title: str) -> None:
+    """The preprocessing options of ``dissect`` and ``explain`` (read by ``models.load_model``), in a group ``title``."""
+    pre = parser.add_argument_group(title)
+    pre.add_argument("--input-size", type=_int_at_least(1), metavar="PIXELS", help="input edge")
+    pre.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, [0, 1] scale")
+    pre.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, [0, 1] scale")
+    pre.add_argument("--interpolation", choices=_models.INTERPOLATIONS, help="resize interpolation")
+    pre.add_argument("--crop-pct", type=_fraction, metavar="FRACTION",
+                     help="input edge / resized edge before the centre crop (0.875: resize 256, crop 224)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``neurocore`` argument parser (sub-commands ``demo``, ``explain``, ``dissect``, ``hint``, ``www``, ``layers``).
 
@@ -176,13 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how the names in --weights map to the model's: 'order' (same tensors in the same order, "
                           "other names: weights from another codebase), 'strip:PREFIX', or a JSON file {old: new}")
     dis.add_argument("--random-init", action="store_true", help="do not fetch pretrained weights for a model name")
-    pre = dis.add_argument_group("preprocessing (default: the model's own, else ImageNet's: 224, bilinear, crop 0.875)")
-    pre.add_argument("--input-size", type=_int_at_least(1), metavar="PIXELS", help="input edge")
-    pre.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, [0, 1] scale")
-    pre.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, [0, 1] scale")
-    pre.add_argument("--interpolation", choices=_models.INTERPOLATIONS, help="resize interpolation")
-    pre.add_argument("--crop-pct", type=_fraction, metavar="FRACTION",
-                     help="input edge / resized edge before the centre crop (0.875: resize 256, crop 224)")
+    _add_preprocessing_options(dis, "preprocessing (default: the model's own, else ImageNet's: 224, bilinear, crop 0.875)")
     dis.add_argument("--summary", choices=("mean", "max", "first"), default="mean", help="per-neuron summary of a layer's output (default: mean)")
     dis.add_argument(
         "--layout", nargs="+", default=["auto"], metavar="[LAYER=]LAYOUT",

@@ -11,6 +11,11 @@ absent, with a reason that names the missing path under ``shared/data``. With
 ``NEUROCORE_REQUIRE_DATA=1`` (set by ``.ci/run``: CI has the data) a missing ``shared/data`` fails the
 session, and any skip whose reason names it fails that test: the real-data tests cannot pass by
 skipping there.
+
+Ray tests take the ``cluster`` fixture: one local Ray cluster (2 CPUs) for the whole session, started by
+the first test that needs it and shut down at the session's end (not once per test module), with the
+requesting test module pickled by value (Ray's workers cannot import test files). Without ray those
+tests skip, saying how to install it.
 """
 
 from __future__ import annotations
@@ -62,6 +67,31 @@ def cuda_status() -> tuple[bool, str]:
             "`NEUROCORE_CUDA=1 pip install --no-build-isolation -e .`"
         )
     return True, ""
+
+
+RAY_MISSING = "ray is not installed (pip install neurocore[ray]); CI installs it"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The ``ray`` module with a local cluster of 2 CPUs, started once per session (or one already running)."""
+    ray = pytest.importorskip("ray", reason=RAY_MISSING)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_session, request):
+    """The session's Ray cluster (the ``ray`` module), with the requesting test module's functions and
+    classes pickled by value: the workers cannot import a test file."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(request.module)
+    return ray_session
 
 
 def pytest_generate_tests(metafunc):

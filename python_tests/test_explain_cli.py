@@ -55,7 +55,7 @@ def explained(folder, tmp_path_factory):
         result = run("explain", "--method", "clip_dissect", "linear", "www", "--layers", "1", "--probe", folder / "images",
                      "--scores", folder / "scores.pt", "--similarity", "cos", "--n-images", "4", "--report-images", "2",
                      "--heatmap-images", "2", "--simulator", folder / "simulator.pt", "--set", "clip_dissect.n_top_images=3",
-                     *_common(folder, out))
+                     "--probe-sizes", "6", "12", "100", *_common(folder, out))
     finally:
         mp.undo()
     return out, result, calls
@@ -95,6 +95,17 @@ def test_explain_runs_every_method_over_one_recording_into_one_report(explained)
     assert "Simulation scores" in page and "simulation" in stdout
     # --heatmap-images: per image, WWW's heatmaps beside the baselines in the one report, and in WWW's page
     assert page.count("class='ex image-maps'") == 2 and "heatmap similarity: " in stdout
+    # --probe-sizes: the probe-size effect on CLIP-Dissect's labels, n = 6, 12 and all 24 (100 > 24 dropped)
+    assert "probe-size effect on CLIP-Dissect" in page
+    section = page[page.index("probe-size effect on CLIP-Dissect"):]
+    assert all(f"<td class='num'>{n}</td>" in section or f">{n}<" in section for n in (6, 12, 24))
+
+
+def test_explain_probe_sizes_none_leaves_the_summary_out(folder, tmp_path):
+    status, _, stderr = run("explain", "--method", "clip_dissect", "--layers", "1", "--probe", folder / "images",
+                            "--scores", folder / "scores.pt", "--probe-sizes", *_common(folder, tmp_path / "o"))
+    assert status == 0, stderr
+    assert "probe-size effect" not in (tmp_path / "o" / "index.html").read_text()
 
 
 def test_dissect_and_www_aliases_equal_explain(explained, folder, tmp_path):

@@ -7,47 +7,29 @@ tower, as test_vlm.py registers it) and the concept world's stand-in (neurocore/
 image embeddings are known exactly (the image's concept indicator over √5).
 """
 
-import json
-import sys
 import warnings
 
 import pytest
 import torch
+from _probe_folder import write_probe_folder
+from _tiny_clip import register_tiny_open_clip
+from conftest import RAY_MISSING
 
 from neurocore import NeurocoreError
 from neurocore.probe import ImageFolder, record
 from neurocore.vlm import embed_images, embed_texts, record_and_embed
 
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install neurocore[ray]); CI installs it")
-open_clip = pytest.importorskip("open_clip")
+pytest.importorskip("ray", reason=RAY_MISSING)
+pytest.importorskip("open_clip")
 
 TINY = "neurocore-test-tiny-ray"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory):
     from neurocore.vlm import OpenClip
 
-    path = tmp_path_factory.mktemp("open_clip_cfg") / f"{TINY}.json"
-    path.write_text(json.dumps({
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }))
-    open_clip.add_model_config(path)
+    register_tiny_open_clip(tmp_path_factory.mktemp("open_clip_cfg"), TINY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: meaningless embeddings, fine for equality
         return OpenClip(TINY, batch_size=3)  # 3 texts per forward pass: several text batches below
@@ -55,17 +37,7 @@ def vlm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    import PIL.Image
-
-    root = tmp_path_factory.mktemp("imgs")
-    g = torch.Generator().manual_seed(3)
-    for c in ("a", "b"):
-        (root / c).mkdir()
-        for i in range(9):
-            px = (torch.rand(12, 12, 3, generator=g) * 255).to(torch.uint8).numpy()
-            PIL.Image.fromarray(px).save(root / c / f"{i}.png")
-    (root / "b" / "4.png").write_bytes(b"\x89PNG broken")  # unreadable: dataset index 13, in chunk 3
-    return root
+    return write_probe_folder(tmp_path_factory.mktemp("imgs"))  # b/4.png unreadable: dataset index 13, in chunk 3
 
 
 class LoggedProbe(torch.utils.data.Dataset):

@@ -19,20 +19,6 @@ from neurocore.scale import map_neuron_ranges, neuron_ranges
 SHARDS = [1, 2, 3, 100]  # 100: more shards than neurons (or concepts); fewer ranges are cut
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install neurocore[ray]); CI installs it")
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 # ---- the generic engine ------------------------------------------------------------------------
 
 

@@ -1,30 +1,20 @@
 """record(..., engine="ray"): shards of cache chunks recorded by Ray tasks on a local cluster, merged by
 one reader; the store must equal the single-process one bit for bit, and an interrupted run resumes."""
 
-import sys
-
 import pytest
 import torch
+from _probe_folder import write_probe_folder
+from conftest import RAY_MISSING
 from torch import nn
 
 from neurocore import NeurocoreError
 from neurocore.probe import record
 from neurocore.scale import shard_chunks
 
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install neurocore[ray]); CI installs it")
+pytest.importorskip("ray", reason=RAY_MISSING)
 
 LAYERS = ["conv", "act", "fc"]
 pytestmark = pytest.mark.filterwarnings("ignore:layer .* neurons are dead")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 class Net(nn.Module):
@@ -93,17 +83,7 @@ def test_shard_chunks_cover_every_chunk_once():
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    import PIL.Image
-
-    root = tmp_path_factory.mktemp("imgs")
-    g = torch.Generator().manual_seed(3)
-    for c in ("a", "b"):
-        (root / c).mkdir()
-        for i in range(9):
-            px = (torch.rand(12, 12, 3, generator=g) * 255).to(torch.uint8).numpy()
-            PIL.Image.fromarray(px).save(root / c / f"{i}.png")
-    (root / "b" / "4.png").write_bytes(b"\x89PNG broken")  # unreadable: skipped, in shard 2 of 3
-    return root
+    return write_probe_folder(tmp_path_factory.mktemp("imgs"))  # b/4.png unreadable: skipped, in shard 2 of 3
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3])

@@ -16,26 +16,17 @@ import pandas as pd
 import PIL.Image
 import pytest
 import torch
+from conftest import RAY_MISSING
 
 from neurocore import NeurocoreError
 from neurocore.scale import load_sweep_config, run_sweep, sweep_config
 
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install neurocore[ray]); CI installs it")
+pytest.importorskip("ray", reason=RAY_MISSING)
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install neurocore[ray]); CI installs it")
 
 LAYERS = ["block2", "block4"]
 METHODS = [{"clip_dissect": {"similarity": "wpmi", "top_k": 6}}, {"linear": {"max_length": 2}}]
 pytestmark = pytest.mark.filterwarnings("ignore:layer .* neurons are dead", "ignore:.*interpretable")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    if ray.is_initialized():  # another module's cluster: use it
-        yield
-        return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from _tiny_clip import register_tiny_open_clip
 
 from neurocore._errors import NeurocoreError
 from neurocore.concepts import ConceptScores
@@ -28,13 +29,7 @@ TINY = "neurocore-test-tiny"
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("open_clip_cfg") / f"{TINY}.json"
-    path.write_text(json.dumps({
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }))
-    open_clip.add_model_config(path)
+    register_tiny_open_clip(tmp_path_factory.mktemp("open_clip_cfg"), TINY)
     assert TINY in open_clip.list_models()
 
 

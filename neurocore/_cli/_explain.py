@@ -51,7 +51,6 @@ def _cli():
 
 def add_explain_parser(sub) -> argparse.ArgumentParser:
     """``neurocore explain``: its options (the command is :func:`cmd_explain`)."""
-    from neurocore import models
     from neurocore.concepts import builtin_concept_sets
     from neurocore.methods import list_methods
     from neurocore.methods.clip_dissect import SIMILARITIES
@@ -121,6 +120,10 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
     rg.add_argument("--simulator", metavar="SPEC_OR_SCORES",
                     help="score every method's explanations by simulation with another model than the explainer: an "
                          "'open_clip:...' spec, or a scores file/folder as --scores (its concept probabilities)")
+    rg.add_argument("--probe-sizes", type=at_least(1), nargs="*", default=[100, 200, 500, 1000], metavar="N",
+                    help="with clip_dissect: the probe-size effect on its labels (agreement of labels from N random "
+                         "images with those from all images) in the report; give no N to leave it out "
+                         "(default: 100 200 500 1000, sizes at or above the probe's dropped)")
     rg.add_argument("--report-neurons", type=at_least(0), metavar="N", help="neurons per layer with images in the reports (default: 64)")
     rg.add_argument("--report-images", type=at_least(0), metavar="N", help="top images per neuron in the reports (default: 5)")
     ep.add_argument("--seed", type=at_least(0), help="seed of the methods that draw at random (default: each method's, 0)")
@@ -128,12 +131,7 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
     ep.add_argument("--weights", metavar="FILE", help="state dict file to load into the model")
     ep.add_argument("--key-map", metavar="MAP", help="as for 'neurocore dissect' (e.g. order)")
     ep.add_argument("--random-init", action="store_true", help="do not fetch pretrained weights for a model name")
-    pre = ep.add_argument_group("preprocessing (default: the model's own, else ImageNet's)")
-    pre.add_argument("--input-size", type=at_least(1), metavar="PIXELS", help="input edge")
-    pre.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, [0, 1] scale")
-    pre.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, [0, 1] scale")
-    pre.add_argument("--interpolation", choices=models.INTERPOLATIONS, help="resize interpolation")
-    pre.add_argument("--crop-pct", type=fraction, metavar="FRACTION", help="input edge / resized edge before the centre crop")
+    cli._add_preprocessing_options(ep, "preprocessing (default: the model's own, else ImageNet's)")
     ep.add_argument("--summary", choices=("mean", "max", "first"), default="mean", help="per-neuron summary (default: mean)")
     ep.add_argument("--layout", nargs="+", default=["auto"], metavar="[LAYER=]LAYOUT", help="as for 'neurocore dissect'")
     ep.add_argument("--batch-size", type=at_least(1), metavar="N",
@@ -468,6 +466,7 @@ def cmd_explain(args) -> None:
         pages += [f"{name}/{f}" for f in files]
     maps = _image_maps(context, names) if args.heatmap_images else None
     simulation = _simulation(context) if args.simulator is not None else None
+    summaries = _probe_size_effect(context)
     scores = run.concept_scores
     source = f"concept scores: {scores.source} ({scores.num_concepts} concepts)" if scores is not None else ""
     hier = f"HINT's concepts: {', '.join(run.hierarchy.names)}" if run.hierarchy is not None else ""
@@ -475,7 +474,7 @@ def cmd_explain(args) -> None:
         out, model_name=args.model, probe_name=args.probe, title=f"neurocore: {args.model} on {args.probe}",
         intro=f"{', '.join(_method_title(run, n) for n in names)} of {', '.join(args.layers)} of {args.model} over "
               f"{run.store.num_images} images of {args.probe}" + "".join(f"; {t}" for t in (source, hier) if t) + ".",
-        image_maps=maps, simulation=simulation, neurons_with_images=_or(args.report_neurons, 64),
+        image_maps=maps, simulation=simulation, summaries=summaries, neurons_with_images=_or(args.report_neurons, 64),
         n_images=_or(args.report_images, 5), links=tuple(pages),
     )
     if simulation is not None:
@@ -615,20 +614,13 @@ def _hint_outputs(ctx, name, folder: Path, *, flat: bool):
 def _www_heatmaps(model, layer, probe, transform, count, batch_size, device, progress):
     """The first ``count`` images' class and sample heatmaps; class importance over the whole folder, each
     image counted for its predicted class (the folder's classes need not be the model's)."""
-    import torch
-
-    from neurocore.methods.www import class_importance, image_heatmaps
-    from neurocore.probe._data import iter_batches
+    from neurocore.methods.www import image_heatmaps
     from neurocore.probe._maps import _input_tensor
     from neurocore.report import HeatmapExample
+    from neurocore.report._run import _predicted_class_importance
 
-    preds = torch.zeros(len(probe), dtype=torch.int64)
-    with torch.no_grad():
-        for batch in iter_batches(probe, batch_size, transform):
-            x = batch.images if device is None else batch.images.to(device)
-            preds[batch.indices] = model(x).argmax(1).cpu()
-    ci = class_importance(model, layer, probe, transform=transform, labels=preds, batch_size=batch_size, device=device,
-                          progress=progress)
+    preds, ci = _predicted_class_importance(model, layer, probe, transform=transform, batch_size=batch_size,
+                                            device=device, progress=progress)
     idx = list(range(min(count, len(probe))))
     subset = [(_input_tensor(probe, i, transform), int(preds[i])) for i in idx]
     res = image_heatmaps(model, layer, subset, ci, batch_size=batch_size, device=device, keep_heatmaps=True)
@@ -721,6 +713,18 @@ def _image_maps(ctx, names):
     except NeurocoreError as exc:
         warnings.warn(f"no per-image maps for layer {layer!r}: {exc}")
         return None
+
+
+def _probe_size_effect(ctx):
+    """``--probe-sizes``: the analysis report's probe-size effect on CLIP-Dissect's labels, per layer."""
+    from neurocore.evaluate import probe_size_effect
+
+    args, run = ctx.args, ctx.run
+    if "clip_dissect" not in run.explanations or not args.probe_sizes:
+        return None
+    table = probe_size_effect(run.methods["clip_dissect"], run.store, run.concept_scores, args.probe_sizes,
+                              seed=args.seed or 0)
+    return {"probe-size effect on CLIP-Dissect's labels (agreement with the labels from all images)": table.reset_index()}
 
 
 def _simulation(ctx):

@@ -123,7 +123,7 @@ def image_maps(
         (['grad-cam', 'www class', 'www sample'], (16, 16))
     """
     from neurocore.methods.attribution import attribute
-    from neurocore.probe._data import iter_batches, probe_length
+    from neurocore.probe._data import probe_length
     from neurocore.probe._maps import _input_tensor, dataset_indices
 
     names = [_baseline_name(b) for b in ([baselines] if isinstance(baselines, str) else baselines)]
@@ -153,17 +153,12 @@ def image_maps(
     maps: list[dict[str, torch.Tensor]] = [{} for _ in idx]
     sims = [math.nan] * len(idx)
     if www is not False:
-        from neurocore.methods.www import class_importance, image_heatmaps
+        from neurocore.methods.www import image_heatmaps
 
         importance = www if isinstance(www, torch.Tensor) else None
         if importance is None:
-            # WWW's class heatmap explains the predicted class: class importance over the whole probe, each
-            # image counted for its prediction (the probe's own classes need not be the model's)
-            every = torch.zeros(n, dtype=torch.int64)
-            for batch in iter_batches(probe, batch_size, transform):  # streamed: the probe may be large
-                every[batch.indices] = _predictions(model, [batch.images], run_on)
-            importance = class_importance(model, layer, probe, transform=transform, labels=every, batch_size=batch_size,
-                                          device=device, progress=progress)
+            _, importance = _predicted_class_importance(model, layer, probe, transform=transform, batch_size=batch_size,
+                                                        device=device, progress=progress)
         subset = [(inputs[j], int(preds[j])) for j in range(len(idx))]
         res = image_heatmaps(model, layer, subset, importance, batch_size=batch_size, device=device, keep_heatmaps=True,
                              progress=progress)
@@ -198,6 +193,25 @@ def image_maps(
             caption += f" · predicted {int(preds[j])}"
         out_items.append(ImageMaps(inputs[j].detach().cpu(), maps[j], sims[j], caption, tuple(notes)))
     return out_items
+
+
+def _predicted_class_importance(model, layer: str, probe, *, transform, batch_size: int, device,
+                                progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predictions, importance)``: the model's predicted class of every probe image (Tensor[n] int64,
+    streamed in batches: the probe may be large) and WWW's class-wise neuron importance of ``layer`` over
+    the whole probe (Tensor[classes, K], :func:`~neurocore.methods.www.class_importance`), each image
+    counted for its prediction: WWW's class heatmap explains the predicted class, and the probe's own
+    classes need not be the model's. Shared by :func:`image_maps` and ``neurocore explain``'s WWW page."""
+    from neurocore.methods.www import class_importance
+    from neurocore.probe._data import iter_batches, probe_length
+
+    run_on = device if device is not None else next((p.device for p in model.parameters()), torch.device("cpu"))
+    preds = torch.zeros(probe_length(probe), dtype=torch.int64)
+    for batch in iter_batches(probe, batch_size, transform):
+        preds[batch.indices] = _predictions(model, [batch.images], run_on)
+    importance = class_importance(model, layer, probe, transform=transform, labels=preds, batch_size=batch_size,
+                                  device=device, progress=progress)
+    return preds, importance
 
 
 def _predictions(model, chunks, device) -> torch.Tensor:

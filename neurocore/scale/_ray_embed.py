@@ -75,6 +75,30 @@ def _run_shards(ray, job, runs, shared, settings, options, progress: bool, what:
             bar.update(len(done))
 
 
+def _encode_chunks(job, vlm, data, folder: Path, key: dict, num_chunks: int, settings: dict, *, shards, address,
+                   progress: bool, what: str, desc: str) -> list[dict]:
+    """Every chunk's payload in order, encoding on Ray the shards that hold a chunk not yet in ``folder``
+    (finished chunks of an earlier run are kept): ``job(vlm, data, run, settings)`` per shard, with
+    ``settings`` completed by the folder, the key and the torch threads of a task (all of this process's
+    on a GPU, else 1). Shared by the images and the texts."""
+    ray = _ensure_ray(address)
+    gpu = torch.device(vlm.device).type == "cuda"
+    shards, options = _placement(ray, gpu, shards)
+    settings = {"folder": str(folder), "key": key, **settings, "threads": torch.get_num_threads() if gpu else 1}
+    loaded = {c: _load_chunk(folder, c, _chunk_key(key, c, settings)) for c in range(num_chunks)}
+    runs = [r for r in shard_chunks(num_chunks, shards) if any(loaded[c] is None for c in r)]
+    if runs:
+        _run_shards(ray, job, runs, (vlm, data), settings, options, progress, desc)
+    out = []
+    for c in range(num_chunks):
+        chunk = loaded[c] if loaded[c] is not None else _load_chunk(folder, c, _chunk_key(key, c, settings))
+        if chunk is None:
+            raise NeurocoreError(f"chunk {c} of the {what} is missing from {str(folder)!r} after the Ray tasks "
+                                 "finished; is cache_dir shared by every node?")
+        out.append(chunk)
+    return out
+
+
 def _workspace(cache_dir, address):
     """The folder the shards meet in: ``cache_dir``, or a temporary folder on a local cluster."""
     if cache_dir is not None:
@@ -187,22 +211,13 @@ def embed_images_ray(vlm, probe, key, *, batch_size, num_workers, cache_dir, chu
         folder = root / f"image_embeddings-{_digest(key)[:32]}.chunks"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        ray = _ensure_ray(address)
-        gpu = torch.device(vlm.device).type == "cuda"
-        shards, options = _placement(ray, gpu, shards)
-        settings = {"folder": str(folder), "key": key, "chunk_size": chunk_size, "batch_size": batch_size,
-                    "num_workers": num_workers, "threads": torch.get_num_threads() if gpu else 1}
-        num_chunks = math.ceil(n / chunk_size)
-        loaded = {c: _load_chunk(folder, c, _chunk_key(key, c, settings)) for c in range(num_chunks)}
-        runs = [r for r in shard_chunks(num_chunks, shards) if any(loaded[c] is None for c in r)]
-        if runs:
-            _run_shards(ray, _image_shard_job, runs, (vlm, probe), settings, options, progress, "encoding images")
+        chunks = _encode_chunks(
+            _image_shard_job, vlm, probe, folder, key, math.ceil(n / chunk_size),
+            {"chunk_size": chunk_size, "batch_size": batch_size, "num_workers": num_workers},
+            shards=shards, address=address, progress=progress, what="image embeddings", desc="encoding images",
+        )
         embs, indices, ids, skipped = [], [], [], []
-        for c in range(num_chunks):
-            chunk = loaded[c] if loaded[c] is not None else _load_chunk(folder, c, _chunk_key(key, c, settings))
-            if chunk is None:
-                raise NeurocoreError(f"chunk {c} of the image embeddings is missing from {str(folder)!r} after the "
-                                     "Ray tasks finished; is cache_dir shared by every node?")
+        for chunk in chunks:
             if chunk["embeddings"].shape[0]:
                 embs.append(chunk["embeddings"])
             indices.append(chunk["indices"])
@@ -250,24 +265,13 @@ def embed_texts_ray(vlm, prompts, key, *, checks_truncation, cache_dir, shards, 
     try:
         folder = root / f"text_embeddings-{_digest(key)[:32]}.chunks"
         folder.mkdir(parents=True, exist_ok=True)
-        ray = _ensure_ray(address)
-        gpu = torch.device(vlm.device).type == "cuda"
-        shards, options = _placement(ray, gpu, shards)
-        settings = {"folder": str(folder), "key": key, "chunk_size": chunk, "batch_size": chunk,
-                    "checks_truncation": checks_truncation, "threads": torch.get_num_threads() if gpu else 1}
-        num_chunks = math.ceil(len(prompts) / chunk)
-        loaded = {c: _load_chunk(folder, c, _chunk_key(key, c, settings)) for c in range(num_chunks)}
-        runs = [r for r in shard_chunks(num_chunks, shards) if any(loaded[c] is None for c in r)]
-        if runs:
-            _run_shards(ray, _text_shard_job, runs, (vlm, list(prompts)), settings, options, progress,
-                        f"encoding {len(prompts)} texts")
-        out = []
-        for c in range(num_chunks):
-            part = loaded[c] if loaded[c] is not None else _load_chunk(folder, c, _chunk_key(key, c, settings))
-            if part is None:
-                raise NeurocoreError(f"chunk {c} of the text embeddings is missing from {str(folder)!r} after the "
-                                     "Ray tasks finished; is cache_dir shared by every node?")
-            out.append(part["embeddings"])
+        chunks = _encode_chunks(
+            _text_shard_job, vlm, list(prompts), folder, key, math.ceil(len(prompts) / chunk),
+            {"chunk_size": chunk, "batch_size": chunk, "checks_truncation": checks_truncation},
+            shards=shards, address=address, progress=progress, what="text embeddings",
+            desc=f"encoding {len(prompts)} texts",
+        )
+        out = [part["embeddings"] for part in chunks]
         shutil.rmtree(folder, ignore_errors=True)
     finally:
         if tmp is not None:
