@@ -263,3 +263,24 @@ def test_a_spec_string_is_loaded_with_load_vlm(world, monkeypatch):
     assert asked == ["open_clip:ViT-SO400M-14-SigLIP-384:webli"] and table.simulator.tolist() == [vlm.identity]
     same = simulation_table({"planted": explain(truth)}, store, vlm, probe=probe, calibration=None)
     assert table.correlation.tolist() == same.correlation.tolist()
+
+
+def test_wordnet_id_concepts_are_encoded_by_their_names(world):
+    # --labels explanations name WordNet ids ('n04962784' is red.n.01, 'n04967191' green.n.01): the text
+    # encoder must see their names, the table's concepts stay the ids (before: the ids were encoded as text)
+    w, probe, net, store, truth = world
+    ids = {"red": "n04962784", "green": "n04967191"}
+    labelled = explain([ids.get(c, c) for c in truth], "labels")
+    vlm = RecordingVLM(probe)
+    table = simulation_table({"labels": labelled}, store, vlm, probe=probe, calibration=None)
+    assert "red" in vlm.texts and "green" in vlm.texts and not any(t.startswith("n0") for t in vlm.texts)
+    same = simulation_table({"names": explain(truth, "names")}, store, RecordingVLM(probe), probe=probe, calibration=None)
+    assert table.iloc[0].correlation == pytest.approx(same.iloc[0].correlation, abs=1e-9)
+    assert table.iloc[0].missing_concepts == 0
+
+
+def test_a_simulator_sharing_no_concept_is_refused(world):
+    w, probe, net, store, truth = world
+    ids = explain(["n04962784"] * len(truth), "labels")  # a WordNet id; the exact scores name 'red'
+    with pytest.raises(NeurocoreError, match="share no concept.*display_class_names"):
+        simulation_table({"labels": ids}, store, exact(probe))

@@ -14,7 +14,7 @@ from neurocore.probe._cache import weights_digest
 
 
 class ConceptWorldCNN(nn.Module):
-    """Three conv blocks, global average pooling and a linear classifier.
+    """Four conv blocks, global average pooling and a linear classifier.
 
     Module names (what ``record`` and ``dissect`` take as layers): ``block1`` (16 channels at
     S/2), ``block2`` (32 channels at S/4), ``block3`` (64 channels at S/4), ``block4`` (64
@@ -23,7 +23,7 @@ class ConceptWorldCNN(nn.Module):
 
     Args:
         num_classes: outputs of ``fc``.
-        widths: channels of the three blocks.
+        widths: channels of the four blocks.
 
     Example:
         >>> net = ConceptWorldCNN(24)
@@ -126,7 +126,7 @@ def train_cnn(
             activating images can be of another class although every prediction is right; 0.1
             keeps each logit's top images within its class.
         seed: initialisation and shuffling seed.
-        widths: channels of the three conv blocks.
+        widths: channels of the four conv blocks.
         threads: torch CPU threads during training (None: leave as is, which may change the
             weights' last bits from one machine's thread count to another's).
         progress: show a progress bar over the epochs.

@@ -305,6 +305,15 @@ def _resolve_simulator(simulator, methods, store, probe, template, calibration, 
             store, simulator, "the store", "the simulator's concept scores",
             "score the store's images, in its order, with the simulator model (or pass the model itself as simulator=)",
         )
+        used = list(dict.fromkeys(c for ex in methods.values() for c in explanation_concepts(ex)))
+        if used and not set(used) & set(simulator.concepts):
+            # Every row would be NaN (no neuron's concepts are scored): say so instead of a table of NaN.
+            raise NeurocoreError(
+                f"the simulator's concept scores share no concept with the explanations (explanations: "
+                f"{used[:4]}...; simulator: {list(simulator.concepts)[:4]}...): score the explanations' concepts with "
+                "the simulator model (WordNet ids such as 'n01443537' and their names such as 'goldfish' differ; "
+                "neurocore.concepts.display_class_names maps ids to names), or pass the model itself as simulator="
+            )
         return simulator, (dict(simulator.key["calibration"]) if "calibration" in simulator.key else None)
     from neurocore.vlm._embed import ImageEmbeddings, check_vlm, embed_images
 
@@ -345,8 +354,16 @@ def _resolve_simulator(simulator, methods, store, probe, template, calibration, 
         pick = torch.tensor([where[int(i)] for i in rows.tolist()], dtype=torch.int64)
         images = ImageEmbeddings(full.embeddings[pick], rows.clone(), tuple(full.image_ids[r] for r in pick.tolist()),
                                  full.key)
-    cosines = ConceptScores.from_image_embeddings(vlm, images, concepts, template=template, cache_dir=cache_dir,
+    # A concept that is a WordNet id (a class folder such as 'n01443537', the labels of --labels) is encoded by
+    # its WordNet name: the text encoder knows 'goldfish', not the id. The columns keep the explanations' names.
+    from dataclasses import replace
+
+    from neurocore.concepts import display_class_names
+
+    texts = list(display_class_names(concepts))
+    cosines = ConceptScores.from_image_embeddings(vlm, images, texts, template=template, cache_dir=cache_dir,
                                                   progress=progress)
+    cosines = replace(cosines, concepts=tuple(concepts))
     check_same_images(store, cosines, "the store", "the simulator's encoding of probe",
                       "pass the probe the store was recorded from")
     a_b = _calibration(calibration, vlm.identity)
