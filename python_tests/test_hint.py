@@ -278,3 +278,106 @@ def test_method_seed_reproduces_and_errors(planted):
         Hint().explain(store, scores)
     with pytest.raises(NeurocoreError, match="saliency must be one of"):
         Hint(saliency="lrp").explain(store, scores, model=net, probe=data)
+
+
+# ---- layers without responsible regions, interpretability, target="auto" -----------------------
+
+
+@pytest.fixture(scope="module")
+def world_probe():
+    from neurocore.probe import record
+
+    world = ConceptWorld()
+    data = world.sample(1, seed=0)  # one image per class, 24 classes
+
+    def store_of(net, layers):
+        return record(net, layers, data, batch_size=256, progress=False)
+
+    return world, data, data.concept_scores(), store_of
+
+
+def _gap_net(outputs: int, *, dead: int | None = None) -> nn.Sequential:
+    """conv -> ReLU -> 1x1 conv -> ReLU -> global average pool -> linear ('3' is the layer the pool follows)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, outputs)).eval()
+    if dead is not None:  # a channel that is 0 everywhere after the first ReLU
+        with torch.no_grad():
+            net[0].weight[dead] = 0.0
+            net[0].bias[dead] = -1.0
+    return net
+
+
+FAST = dict(images_per_concept=3, permutations=4, max_cells=100, contribution="coefficient")
+
+
+def test_flat_saliency_layer_is_refused_by_every_entry(world_probe):
+    """Right before global average pooling a logit's gradient is the same at every cell: no responsible
+    region, so HINT must refuse the layer (naming it and the fix) instead of labelling nothing."""
+    from neurocore.demo import ConceptWorldCNN
+    from neurocore.methods.hint import hint
+
+    world, data, scores, store_of = world_probe
+    cnn = ConceptWorldCNN(len(world.classes)).eval()
+    store = store_of(cnn, ["block4"])
+    for target in ("auto", "logit_sum"):
+        with pytest.raises(NeurocoreError, match=r"layer 'block4' is a responsible region.*flat.*earlier layer"):
+            Hint(target=target, **FAST).explain(store, scores, layers="block4", model=cnn, probe=data)
+    net = _gap_net(len(world.classes))
+    with pytest.raises(NeurocoreError, match=r"layer '3' is a responsible region.*flat.*earlier layer"):
+        hint(net, "3", data, scores, progress=False, **FAST)
+    with pytest.raises(NeurocoreError, match=r"no cell's normalised 'norm' saliency exceeds threshold=1"):
+        hint(net, "1", data, scores, progress=False, threshold=1, **FAST)
+
+
+def test_unlabelled_neuron_is_not_interpretable(world_probe):
+    world, data, scores, store_of = world_probe
+    net = _gap_net(len(world.classes), dead=2)
+    store = store_of(net, ["1"])
+    ex = Hint(target="predicted", **FAST).explain(store, scores, model=net, probe=data)
+    assert ex[2].label == "" and ex[2].scores == (0.0,) * len(scores.concepts)
+    assert [n.interpretable for n in ex] == [bool(n.label) for n in ex] and not ex[2].interpretable
+    assert sum(n.interpretable for n in ex) >= 2
+
+
+def test_target_auto_is_resolved_with_the_model_and_probe(world_probe):
+    from torch.utils.data import Dataset
+
+    from neurocore.concepts import imagenet_wnids
+    from neurocore.methods.hint import resolve_target
+
+    world, data, scores, store_of = world_probe
+    assert Hint().target == "auto"
+    net = _gap_net(len(world.classes))  # one output per class: the class label is the logit
+    store = store_of(net, ["1"])
+    method = Hint(**FAST)
+    ex = method.explain(store, scores, model=net, probe=data)
+    assert ex.params["target"] == "label" and method.target_ == "label" and method.target == "auto"
+    label = Hint(target="label", **FAST).explain(store, scores, model=net, probe=data)
+    assert [n.scores for n in ex] == [n.scores for n in label]
+    # 6 outputs for 24 unrelated classes: a class index would pick an unrelated logit
+    other = _gap_net(6)
+    with pytest.raises(NeurocoreError, match=r"6 outputs but the probe has 24 classes.*target='predicted'"):
+        Hint(**FAST).explain(store_of(other, ["1"]), scores, model=other, probe=data)
+    assert resolve_target("predicted", other, data) == "predicted"
+    with pytest.raises(NeurocoreError, match="target='imagenet' needs a 1000-class"):
+        resolve_target("imagenet", other, data)
+
+    class WnidFolder(Dataset):  # three ImageNet classes, as ImageFolder lists WordNet-id folders
+        classes = ("n01440764", "n01443537", "n04285008")  # tench, goldfish, sports car
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.rand(3, 8, 8), i
+
+    wnids = imagenet_wnids()
+    mapping = [wnids.index(c) for c in WnidFolder.classes]
+    assert mapping == [0, 1, 817]
+    assert resolve_target("auto", _gap_net(1000), WnidFolder()) == mapping
+    assert resolve_target("imagenet", _gap_net(1000), WnidFolder()) == mapping
+    with pytest.raises(NeurocoreError, match="has no `classes`: pass target='label'"):
+        resolve_target("auto", net, torch.utils.data.TensorDataset(data.images, data.labels))
+    with pytest.raises(NeurocoreError, match="target must be one of"):
+        Hint(target="labels").explain(store, scores, model=net, probe=data)

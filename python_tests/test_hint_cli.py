@@ -57,4 +57,13 @@ def test_hint_command_errors(folder, tmp_path):
     assert status == 1 and "flat folder" in err
     status, _, err = run("hint", "--model", str(folder / "net.pt"), "--layer", "2", "--images", str(folder / "images"),
                          "--concepts", "animal", "--target", "imagenet", "--input-size", "24", "--out", str(tmp_path / "o"))
-    assert status == 1 and "--target imagenet needs a 1000-class" in err
+    assert status == 1 and "--target imagenet: target='imagenet' needs a 1000-class" in err
+
+
+def test_hint_command_refuses_the_layer_before_global_pooling(folder, tmp_path):
+    # layer '3' (the last ReLU) is what the average pool follows: the same gradient at every cell
+    status, stdout, err = run("hint", "--model", str(folder / "net.pt"), "--layer", "3", "--images",
+                              str(folder / "images"), "--concepts", "animal", "--input-size", "24", "--out",
+                              str(tmp_path / "o"), "--images-per-concept", "4", "--no-progress")
+    assert status == 1 and "classifier F1" not in stdout, stdout
+    assert "layer '3' is a responsible region" in err and "flat" in err and "choose an earlier layer" in err, err

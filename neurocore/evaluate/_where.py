@@ -35,10 +35,70 @@ from neurocore.evaluate._localization import (
 DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
-def _image_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _check_finite(maps: torch.Tensor, name: str) -> None:
+    """Raise naming ``name[i]`` for the first score map with NaN or infinite pixels (they have no box or maximum)."""
+    if maps.dtype == torch.bool or not maps.is_floating_point():
+        return
+    bad = (~torch.isfinite(maps.detach())).reshape(maps.shape[0], -1).sum(1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise NeurocoreError(
+            f"{name}[{i}] holds NaN or infinite values ({int(bad[i])} of {maps[i].numel()} pixels): score maps must be "
+            "finite; fix the method that made them, or replace the values (torch.nan_to_num) knowingly"
+        )
+
+
+def _check_boxes(boxes, size: tuple[int, int], name: str = "boxes") -> None:
+    """Ground-truth boxes (Tensor[N, 4], or a list of Tensor[n_i, 4]) must be integer ``(x0, y0, x1, y1)``
+    inclusive pixel coordinates inside the ``size = (H, W)`` image: ``0 <= x0 <= x1 < W``, ``0 <= y0 <= y1 < H``."""
+    H, W = size
+    rule = (f"boxes are (x0, y0, x1, y1) in inclusive pixel coordinates of the {H}x{W} image, 0 <= x0 <= x1 < W = {W} "
+            f"and 0 <= y0 <= y1 < H = {H}: give boxes at the image size (rescale them with the images), not inverted")
+    if isinstance(boxes, torch.Tensor):
+        groups = [(name, boxes, False)]
+    elif isinstance(boxes, Sequence) and not isinstance(boxes, str):
+        groups = [(f"{name}[{i}]", b, True) for i, b in enumerate(boxes)]
+    else:
+        raise NeurocoreError(f"{name} must be an integer Tensor[N, 4] or a list of Tensor[n_i, 4]; got {type(boxes).__name__}")
+    for label, b, listed in groups:
+        try:
+            t = torch.as_tensor(b)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise NeurocoreError(f"{label} must be an integer Tensor[{'n_i' if listed else 'N'}, 4] of boxes; got {b!r} ({exc})") from exc
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise NeurocoreError(f"{label} must be an integer tensor of inclusive pixel coordinates; got dtype {t.dtype}: "
+                                 "round the boxes and pass boxes.long()")
+        if listed and t.dim() == 1 and t.numel() in (0, 4):
+            t = t.reshape(-1, 4)
+        if t.dim() != 2 or t.shape[1] != 4:
+            raise NeurocoreError(f"{label} must be a Tensor[{'n_i' if listed else 'N'}, 4] of (x0, y0, x1, y1) boxes; "
+                                 f"got shape {tuple(t.shape)}")
+        bad = (t[:, 0] < 0) | (t[:, 1] < 0) | (t[:, 2] < t[:, 0]) | (t[:, 3] < t[:, 1]) | (t[:, 2] >= W) | (t[:, 3] >= H)
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0])
+            raise NeurocoreError(f"{label}[{j}] = {t[j].tolist()} is not a box inside the image: {rule}")
+
+
+def _check_masks(masks, n: int, size: tuple[int, int], name: str) -> None:
+    if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool or tuple(masks.shape) != (n, *size):
+        got = f"{masks.dtype} {tuple(masks.shape)}" if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise NeurocoreError(f"{name} must be a BoolTensor[{n}, {size[0]}, {size[1]}] of object pixels at the image size; "
+                             f"got {got}")
+
+
+def _check_truth(truth, n: int, size: tuple[int, int], name: str) -> None:
+    """``truth``: boxes (see :func:`_check_boxes`) or BoolTensor[n, H, W] object masks."""
+    if isinstance(truth, torch.Tensor) and truth.dtype == torch.bool and truth.dim() == 3:
+        _check_masks(truth, n, size, name)
+    else:
+        _check_boxes(truth, size, name)
+
+
+def _image_maps(maps: torch.Tensor, size: tuple[int, int], name: str = "maps") -> torch.Tensor:
     if not isinstance(maps, torch.Tensor) or maps.dim() != 3:
         got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
         raise NeurocoreError(f"maps must be a Tensor[B, h, w] (score maps or boolean regions); got {got}")
+    _check_finite(maps, name)
     if maps.dtype == torch.bool:
         if tuple(maps.shape[1:]) != size:
             maps = F.interpolate(maps[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
@@ -68,6 +128,10 @@ def map_boxes(maps: torch.Tensor, image_size, threshold: float = 0.5) -> torch.T
 
     Returns:
         Tensor[B, 4] int64 ``(x0, y0, x1, y1)`` inclusive; ``-1`` rows for empty maps (constant score maps).
+
+    Raises:
+        NeurocoreError: a threshold outside (0, 1], maps not ``[B, h, w]``, a score map with NaN or
+            infinite values (naming ``maps[i]``).
 
     Example:
         >>> m = torch.zeros(1, 4, 4); m[0, 1:3, 2] = 1.0
@@ -141,6 +205,11 @@ def pointing_game(maps: torch.Tensor, truth, image_size, *, tolerance: int = 0) 
     Returns:
         BoolTensor[B]: hits (a constant map is a miss).
 
+    Raises:
+        NeurocoreError: ``truth`` of another length than ``maps``; boxes that are not integer, not
+            ``[n, 4]``, outside the image or inverted (naming ``truth[i]`` and the box); masks not
+            ``BoolTensor[B, H, W]``; score maps with NaN or infinite values.
+
     Example:
         >>> m = torch.zeros(2, 4, 4); m[0, 0, 0] = 1; m[1, 3, 3] = 1
         >>> pointing_game(m, torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]]), (4, 4)).tolist()
@@ -148,6 +217,7 @@ def pointing_game(maps: torch.Tensor, truth, image_size, *, tolerance: int = 0) 
     """
     if len(truth) != maps.shape[0]:
         raise NeurocoreError(f"truth must hold one entry per map ({maps.shape[0]}); got {len(truth)}")
+    _check_truth(truth, int(maps.shape[0]), _size(image_size), "truth")
     return _in_truth(map_points(maps, image_size), truth, int(tolerance))
 
 
@@ -162,6 +232,7 @@ def choose_threshold(maps: torch.Tensor, boxes, image_size, thresholds: Sequence
     """
     if not len(thresholds):
         raise NeurocoreError("thresholds must hold at least one value in (0, 1]")
+    _check_boxes(boxes, _size(image_size))
     best, best_acc = None, -1.0
     for t in thresholds:
         acc = float((_best_iou(map_boxes(maps, image_size, t), boxes) >= iou_threshold).double().mean())
@@ -207,7 +278,10 @@ def where_benchmark(
         pointing, seconds_per_image, images`` (``images``: scored, not held out).
 
     Raises:
-        NeurocoreError: maps of different N, an empty held-out or test split, bad shapes.
+        NeurocoreError: maps of different N, an empty held-out or test split, bad shapes; boxes that are not
+            integer, outside the image or inverted (naming ``boxes[i]``, or ``boxes[i][j]`` in a list, and the
+            box); a score map with NaN or infinite values (naming ``maps[name][i]``); ``truth_masks`` not
+            ``BoolTensor[N, H, W]``.
 
     Example:
         >>> m = torch.zeros(4, 8, 8); m[:, :4, :4] = 1.0
@@ -219,7 +293,11 @@ def where_benchmark(
 
     if not maps:
         raise NeurocoreError("maps must hold at least one name -> Tensor[N, h, w]")
+    size = _size(image_size)
+    _check_boxes(boxes, size)
     n = len(boxes)
+    if truth_masks is not None:
+        _check_masks(truth_masks, n, size, "truth_masks")
     if heldout is None:
         heldout = torch.arange(n) < n // 2
     heldout = torch.as_tensor(heldout, dtype=torch.bool).reshape(-1)
@@ -228,11 +306,11 @@ def where_benchmark(
     test = (~heldout).nonzero().reshape(-1)
     pick = lambda truth, idx: truth[idx] if isinstance(truth, torch.Tensor) else [truth[i] for i in idx.tolist()]
     seconds = dict(seconds or {})
-    size = _size(image_size)
     rows = []
     for name, m in maps.items():
         if not isinstance(m, torch.Tensor) or m.dim() != 3 or m.shape[0] != n:
             raise NeurocoreError(f"maps[{name!r}] must be a Tensor[{n}, h, w] (one map per box); got {getattr(m, 'shape', type(m))}")
+        _check_finite(m, f"maps[{name!r}]")
         if m.dtype == torch.bool:
             t = float("nan")
             pred = map_boxes(m[test], size)
@@ -340,13 +418,21 @@ def hint_concept_maps(
         >>> hm.scores.shape, map_boxes(hm.regions, (32, 32)).tolist() == test.boxes.tolist()  # the planted boxes
         (torch.Size([4, 32, 32]), True)
     """
-    from neurocore.methods.hint import Hint, _contributions, cell_dataset, layer_saliency, responsible_regions
+    from neurocore.methods.hint import (
+        Hint,
+        _contributions,
+        cell_dataset,
+        layer_saliency,
+        require_responsible_regions,
+        responsible_regions,
+    )
     from neurocore.probe import spatial_maps
 
     settings = (method if method is not None else Hint())._settings()
-    if isinstance(settings["target"], list) or settings["target"] != "label":
+    if isinstance(settings["target"], list) or settings["target"] not in ("auto", "label"):
         raise NeurocoreError(
-            f"method.target must be 'label' here (train_targets give each training image's logit); got {settings['target']!r}"
+            f"method.target must be 'auto' or 'label' here (train_targets give each training image's logit); got "
+            f"{settings['target']!r}"
         )
     concepts = [str(c) for c in concepts]
     train_targets = torch.as_tensor(train_targets, dtype=torch.int64).reshape(-1)
@@ -364,13 +450,11 @@ def hint_concept_maps(
         options["seed"] = settings["seed"]
     maps, sal = layer_saliency(model, layer, train_images, train_targets, settings["saliency"], **options)
     regions = responsible_regions(sal, settings["aggregation"], settings["threshold"])
+    require_responsible_regions(regions, sal, layer, method=settings["saliency"], aggregation=settings["aggregation"],
+                                threshold=settings["threshold"], images="training")
+    if not bool((train_membership > 0.5).any()):
+        raise NeurocoreError("train_membership has no 1s: no training image belongs to a concept; give each its concepts")
     cells, labels = cell_dataset(maps, regions, train_membership.float())
-    if not bool(labels.any()):
-        raise NeurocoreError(
-            f"no training cell of layer {layer!r} is a responsible region of any concept (saliency "
-            f"{settings['saliency']!r} is flat there: right before global average pooling the gradient is the same at "
-            "every cell): choose an earlier layer, or train_membership with 1s"
-        )
     phi, _ = _contributions(cells, labels, concepts, settings)
     clf = concept_localizers(cells, labels, concepts, phi, percent=percent, classifier=settings["classifier"],
                              max_cells=settings["max_cells"], seed=settings["seed"])

@@ -238,3 +238,49 @@ def responsible_regions(saliency: torch.Tensor, aggregation: str = "norm", thres
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise NeurocoreError(f"threshold must be a number in [0, 1]; got {threshold!r}")
     return normalise_saliency(aggregate_saliency(saliency, aggregation)) > threshold
+
+
+def require_responsible_regions(regions: torch.Tensor, saliency: torch.Tensor, layer: str, *, method: str,
+                                aggregation: str, threshold: float, images: str = "probe") -> None:
+    """Refuse a layer where no image has a responsible region (ALGORITHMS.md §3.2): HINT's one check,
+    shared by :meth:`~neurocore.methods.hint.Hint.layer_cells` (hence ``Hint.explain``, ``hint()``, the
+    CLI and sweeps) and :func:`~neurocore.evaluate.hint_concept_maps`.
+
+    Without responsible cells every concept classifier lacks positives: F1 NaN, Φ all 0 and every
+    neuron unlabelled, a result that looks like a finding but is none. The commonest cause is a flat
+    saliency map: at the layer a global average pool follows (resnet's ``layer4``, the demo CNN's
+    ``block4``) a logit's gradient is the same at every cell, so :func:`normalise_saliency` maps it to 0.
+
+    Args:
+        regions (BoolTensor[B, h, w]): :func:`responsible_regions` of the images.
+        saliency (Tensor[B, C, h, w]): the saliency they came from.
+        layer: the layer's name (for the message). method, aggregation, threshold: the settings used.
+        images: what the images are, for the message (``"probe"``, ``"training"``).
+
+    Raises:
+        NeurocoreError: when ``regions`` has no True cell; it says whether the saliency is flat (choose
+            an earlier layer) or no cell passes ``threshold`` (lower it).
+
+    Example:
+        >>> s = torch.ones(2, 3, 4, 4)  # the same saliency at every cell
+        >>> require_responsible_regions(responsible_regions(s), s, "layer4", method="gradient",
+        ...                             aggregation="norm", threshold=0.5)
+        Traceback (most recent call last):
+        ...
+        neurocore._errors.NeurocoreError: no probe cell of layer 'layer4' is a responsible region: ...
+    """
+    if bool(regions.any()):
+        return
+    agg = aggregate_saliency(saliency, aggregation).flatten(1)
+    if bool((agg.amax(1) == agg.amin(1)).all()):
+        raise NeurocoreError(
+            f"no {images} cell of layer {layer!r} is a responsible region: the {method!r} saliency (aggregated by "
+            f"{aggregation!r}) is flat there, the same at every cell of every image, as at the layer right before a "
+            "global average pool, where a logit's gradient is the same at every cell; HINT would fit no concept "
+            "classifier and label no neuron: choose an earlier layer (one whose cells the following layers weigh "
+            "differently)"
+        )
+    raise NeurocoreError(
+        f"no {images} cell of layer {layer!r} is a responsible region: no cell's normalised {aggregation!r} saliency "
+        f"exceeds threshold={threshold!r}: lower the threshold (0.5 is the released code's)"
+    )

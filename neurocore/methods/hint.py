@@ -38,18 +38,21 @@ from neurocore.methods._hint_saliency import (
     aggregate_saliency,
     layer_saliency,
     normalise_saliency,
+    require_responsible_regions,
     responsible_regions,
 )
 
 CLASSIFIERS = ("logistic", "sgd")
 CONTRIBUTIONS = ("shapley", "coefficient", "random", "released")
-TARGETS = ("label", "predicted", "logit_sum")
+TARGETS = ("auto", "label", "predicted", "logit_sum", "imagenet")
 
 __all__ = [
     "Hint",
     "hint",
     "layer_saliency",
     "responsible_regions",
+    "require_responsible_regions",
+    "resolve_target",
     "aggregate_saliency",
     "normalise_saliency",
     "ConceptHierarchy",
@@ -71,6 +74,7 @@ __all__ = [
     "AGGREGATIONS",
     "CLASSIFIERS",
     "CONTRIBUTIONS",
+    "TARGETS",
 ]
 
 
@@ -560,6 +564,101 @@ def association_figure(phi, concepts: Sequence[str] | None = None, top_n: int = 
 # ---- the method --------------------------------------------------------------------------------
 
 
+def _model_outputs(model, probe, transform) -> int:
+    """The model's number of outputs (logits), from one forward pass of the probe's first image."""
+    from neurocore.probe._maps import _input_tensor
+
+    if len(probe) == 0:
+        raise NeurocoreError("the probe is empty: HINT needs probe images")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        out = model(_input_tensor(probe, 0, transform)[None].to(device))
+    return int(out.shape[-1])
+
+
+def resolve_target(target, model, probe, transform=None):
+    """HINT's ``target`` as the logit each image's saliency differentiates (ALGORITHMS.md §3.1).
+
+    ``"auto"`` (:class:`Hint`'s default, and the CLI's ``--target auto``) picks the paper's choice, the
+    logit of each image's class, wherever the model's logits can be matched to the probe's classes
+    (``probe.classes``, as :class:`~neurocore.probe.ImageFolder` has them):
+
+    * a 1000-output model and classes that are all ImageNet WordNet ids (``n02084071``...): each
+      class's ImageNet logit (the list ``[imagenet index of class 0, ...]``, as ``"imagenet"`` does);
+    * a model with exactly one output per probe class: ``"label"`` (the class index is the logit);
+    * otherwise (e.g. a 24-output model on 6 unrelated classes): an error, since a class index would
+      pick an unrelated logit: choose ``"predicted"`` or ``"logit_sum"``.
+
+    ``"imagenet"`` insists on the first case. ``"label"``, ``"predicted"``, ``"logit_sum"`` and explicit
+    sequences come back unchanged.
+
+    Args:
+        target: ``"auto"``, ``"imagenet"``, ``"label"``, ``"predicted"``, ``"logit_sum"`` or a sequence
+            mapping class labels to logit indices.
+        model: the classifier (``forward`` returns ``Tensor[B, outputs]``); run once on one probe image
+            to count its outputs (only for ``"auto"`` and ``"imagenet"``).
+        probe: the labelled probe (``probe.classes``: its class names, in label order).
+        transform: the model's preprocessing when the probe yields PIL images.
+
+    Returns:
+        ``"label"``, ``"predicted"``, ``"logit_sum"`` or a ``list[int]`` (class label -> logit index).
+
+    Raises:
+        NeurocoreError: an unknown target; ``"auto"``/``"imagenet"`` on a probe without ``classes``;
+            ``"imagenet"`` without a 1000-output model and WordNet-id classes; ``"auto"`` when the
+            model's outputs are neither the probe's classes nor ImageNet's.
+
+    Example:
+        >>> from neurocore.demo import ConceptWorld, ConceptWorldCNN
+        >>> world = ConceptWorld(); probe = world.sample(1, seed=0)
+        >>> resolve_target("auto", ConceptWorldCNN(len(world.classes)), probe)  # one output per class
+        'label'
+        >>> resolve_target("auto", ConceptWorldCNN(6), probe)
+        Traceback (most recent call last):
+        ...
+        neurocore._errors.NeurocoreError: target='auto': the model has 6 outputs but the probe has 24 classes, ...
+    """
+    if not isinstance(target, str):
+        try:
+            return [int(t) for t in target]
+        except (TypeError, ValueError):
+            raise NeurocoreError(
+                f"target must be one of {TARGETS} or a sequence mapping class labels to logit indices; got {target!r}"
+            ) from None
+    if target in ("label", "predicted", "logit_sum"):
+        return target
+    if target not in ("auto", "imagenet"):
+        raise NeurocoreError(f"target must be one of {TARGETS} or a sequence mapping class labels to logits; got {target!r}")
+    classes = getattr(probe, "classes", None)
+    if classes is None:
+        raise NeurocoreError(
+            f"target={target!r} matches the model's logits to the probe's class names, but the probe "
+            f"({type(probe).__name__}) has no `classes`: pass target='label' if its labels are the model's logit "
+            "indices, else target='predicted' (the model's top class) or 'logit_sum'"
+        )
+    from neurocore.concepts import imagenet_wnids
+
+    classes = [str(c) for c in classes]
+    outputs = _model_outputs(model, probe, transform)
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    if target == "imagenet" or (outputs == 1000 and classes and all(c in index for c in classes)):
+        missing = [c for c in classes if c not in index]
+        if missing or outputs != 1000:
+            raise NeurocoreError(
+                f"target='imagenet' needs a 1000-class ImageNet model (this one has {outputs} outputs) and classes "
+                f"that are ImageNet WordNet ids (not: {missing[:5]}); use target='label', 'predicted' or 'logit_sum'"
+            )
+        return [index[c] for c in classes]
+    if outputs != len(classes):
+        raise NeurocoreError(
+            f"target='auto': the model has {outputs} outputs but the probe has {len(classes)} classes, which are not "
+            "all ImageNet WordNet ids of a 1000-class model, so no logit is known to be a class's: say which logit to "
+            "explain with target='predicted' (the model's top class) or target='logit_sum' (CLI: --target predicted "
+            "or logit_sum)"
+        )
+    return "label"
+
+
 def _targets(target, probe, indices: list[int], model, images: torch.Tensor, logits_fn) -> torch.Tensor:
     if isinstance(target, str):
         if target == "label":
@@ -596,10 +695,14 @@ class Hint:
     ``images_per_concept`` images of every concept (seeded), computes their layer saliency and
     responsible regions, fits the concept classifiers and Φ, and labels every neuron with the concept
     it contributes to most (Φ as ``similarity``; every concept ranked by Φ in ``concepts``/``scores``;
-    ``""`` when all Φ are 0). ``params`` hold the settings, the concepts, each classifier's held-out F1
+    ``""`` and ``interpretable=False`` when all Φ are 0). A layer where no image has a responsible
+    region (flat saliency, e.g. the layer a global average pool follows) is refused with an error
+    (:func:`require_responsible_regions`) rather than answered with empty labels. ``params`` hold the
+    settings (``target`` as resolved by :func:`resolve_target`), the concepts, each classifier's held-out F1
     (``f1``) and the collaborative neurons per concept (``collaborative``: layer → concept → units).
     After ``explain``, the fitted state is kept as scikit-learn keeps it: ``classifiers_`` (layer →
-    :class:`ConceptClassifiers`, to apply to new feature maps) and ``phi_`` (layer → Tensor[C, E]).
+    :class:`ConceptClassifiers`, to apply to new feature maps), ``phi_`` (layer → Tensor[C, E]) and ``target_``
+    (the resolved target).
 
     Args:
         saliency: :func:`layer_saliency` method (``"guided_backprop"``, as released).
@@ -607,8 +710,10 @@ class Hint:
         classifier: ``"logistic"`` or ``"sgd"`` (released).
         contribution: ``"shapley"`` (default), ``"coefficient"`` (``|α|``), ``"random"``, ``"released"``
             (XGBoost + TreeSHAP, optional extra).
-        target: which logit the saliency differentiates: ``"label"`` (the probe's class label, the
-            paper's), ``"predicted"`` (the model's top class), ``"logit_sum"`` (the sum of all logits: for
+        target: which logit the saliency differentiates: ``"auto"`` (default: the class's logit where
+            the model's logits are the probe's classes or ImageNet's, else an error; see
+            :func:`resolve_target`), ``"imagenet"`` (ImageNet's logit of each WordNet-id class),
+            ``"label"`` (the probe's class label as the logit index, the paper's), ``"predicted"`` (the model's top class), ``"logit_sum"`` (the sum of all logits: for
             models whose outputs are not the probe's classes), or a sequence mapping class labels to
             logit indices (e.g. Tiny-ImageNet's 200 labels to ImageNet's 1000 logits).
         images_per_concept: images drawn per concept.
@@ -629,7 +734,7 @@ class Hint:
     needs = frozenset({"store", "scores", "model", "probe", "transform"})
 
     def __init__(self, saliency: str = "guided_backprop", aggregation: str = "norm", threshold: float = 0.5,
-                 classifier: str = "logistic", contribution: str = "shapley", target="label",
+                 classifier: str = "logistic", contribution: str = "shapley", target="auto",
                  images_per_concept: int = 50, max_cells: int = 2000, permutations: int = 64,
                  shapley_cells: int = 500, top_n: int = 10, batch_size: int = 32, seed: int = 0, top_k: int = 10,
                  engine: str = "local", shards: int | None = None, address: str | None = None):
@@ -671,7 +776,11 @@ class Hint:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise NeurocoreError(f"{name} must be an integer >= 1; got {v!r}")
-        target = self.target if isinstance(self.target, str) else [int(t) for t in self.target]
+        if isinstance(self.target, str) and self.target not in TARGETS:
+            raise NeurocoreError(
+                f"target must be one of {TARGETS} or a sequence mapping class labels to logits; got {self.target!r}"
+            )
+        target = self.target if isinstance(self.target, str) else resolve_target(self.target, None, None)
         return dict(saliency=self.saliency, aggregation=self.aggregation, threshold=self.threshold,
                     classifier=self.classifier, contribution=self.contribution, target=target,
                     images_per_concept=self.images_per_concept, max_cells=self.max_cells,
@@ -682,8 +791,15 @@ class Hint:
                     transform=None):
         """Feature maps, responsible regions and cells of probe images ``indices`` at ``layer``.
 
+        ``target="auto"``/``"imagenet"`` are resolved with the model and probe (:func:`resolve_target`).
+
         Returns:
             ``(maps [B, C, h, w], regions [B, h, w], cells [B·h·w, C], labels [B·h·w, E])``.
+
+        Raises:
+            NeurocoreError: a target that cannot be resolved; a layer without any responsible region
+                (:func:`require_responsible_regions`: flat saliency, e.g. right before a global average
+                pool: choose an earlier layer).
         """
         from neurocore.probe._maps import _input_tensor
 
@@ -694,7 +810,8 @@ class Hint:
             with torch.no_grad():
                 return torch.cat([model(images[s : s + self.batch_size]) for s in range(0, len(images), self.batch_size)])
 
-        targets = _targets(self.target, probe, indices, model, images, logits)
+        target = resolve_target(self.target, model, probe, transform)
+        targets = _targets(target, probe, indices, model, images, logits)
         kwargs = {"batch_size": self.batch_size}
         if self.saliency == "smoothgrad":
             kwargs["seed"] = self.seed
@@ -712,6 +829,8 @@ class Hint:
         else:
             maps, sal = layer_saliency(model, layer, images, targets, self.saliency, **kwargs)
         regions = responsible_regions(sal, self.aggregation, self.threshold)
+        require_responsible_regions(regions, sal, layer, method=self.saliency, aggregation=self.aggregation,
+                                    threshold=self.threshold)
         cells, labels = cell_dataset(maps, regions, membership)
         return maps, regions, cells, labels
 
@@ -728,6 +847,7 @@ class Hint:
             raise NeurocoreError("HINT runs the model on the probe images: pass model= and probe= to explain()")
         check_same_images(store, scores, "the activation store", "scores",
                           "record and score the same probe images, in the same order")
+        settings["target"] = self.target_ = resolve_target(self.target, model, probe, transform)
         layer_names = list(store.layers) if layers is None else [layers] if isinstance(layers, str) else list(layers)
         concepts = tuple(scores.concepts)
         member = scores.scores > 0.5  # [N, E], rows = store rows
@@ -758,7 +878,7 @@ class Hint:
                 neurons.append(NeuronExplanation(
                     layer=layer, unit=k, description=label, similarity=best if label else float("nan"),
                     concepts=tuple(concepts[e] for e in order), scores=tuple(float(phi[k, e]) for e in order),
-                    dead=bool(la.dead()[k]), label=label, **refs,
+                    dead=bool(la.dead()[k]), label=label, interpretable=bool(label), **refs,
                 ))
         params = {**settings, "concepts": list(concepts), "f1": f1s, "collaborative": collab,
                   "images": len(rows), "probe": probe_identity(store)}
