@@ -102,7 +102,7 @@ def test_cams_of_a_model_without_parameters(method):
 
 def test_errors():
     net = _net()
-    with pytest.raises(NeurocoreError, match="method must be one of"):
+    with pytest.raises(NeurocoreError, match="method must name methods among"):
         attribute(net, torch.rand(1, 3, 8, 8), 0, method="gradcam++")
     with pytest.raises(NeurocoreError, match="needs layer="):
         attribute(net, torch.rand(1, 3, 8, 8), 0, method="gradcam")
@@ -111,3 +111,61 @@ def test_errors():
     with pytest.raises(NeurocoreError, match="one class index per image"):
         attribute(net, torch.rand(2, 3, 8, 8), [0, 1, 2], method="gradcam", layer="2")
     assert METHODS == ("gradcam", "scorecam", "ablationcam", "lime")
+
+
+def test_targets_outside_the_outputs_are_refused_naming_the_range():
+    # before the fix: 99 gave grad-cam's "need at least one array to concatenate", -1 the last class silently
+    net, x = _net(), torch.rand(2, 3, 8, 8)
+    for method, layer in [("gradcam", "2"), ("scorecam", "2"), ("lime", None)]:
+        with pytest.raises(NeurocoreError, match=r"targets must be class indices in \[0, 3\).*\[99\]"):
+            attribute(net, x, [0, 99], method=method, layer=layer, num_samples=10)
+        with pytest.raises(NeurocoreError, match=r"targets .*\[0, 3\).*\[-1\]"):
+            attribute(net, x, -1, method=method, layer=layer, num_samples=10)
+    net.train()
+    with pytest.raises(NeurocoreError):
+        attribute(net, x, 5, method="gradcam", layer="2")
+    assert net.training  # mode restored after the check's forward pass
+
+
+def test_layer_without_spatial_maps_is_refused_naming_its_shape():
+    # before the fix: grad-cam's raw "ValueError: Invalid grads shape" for the [B, 3] logits layer
+    net = _net()
+    with pytest.raises(NeurocoreError, match=r"layer '6'.*\(1, 3\).*convolutional"):
+        attribute(net, torch.rand(2, 3, 8, 8), 0, method="gradcam", layer="6")
+
+    class Tokens(nn.Module):  # a ViT-like block: [B, T, C] tokens, no reshape in attribute
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(3, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            t = self.embed(x.flatten(2).transpose(1, 2))  # [B, H*W, 4]
+            return self.head(t.mean(1))
+
+    with pytest.raises(NeurocoreError, match=r"layer 'embed'.*\(1, 64, 4\)"):
+        attribute(Tokens(), torch.rand(2, 3, 8, 8), 0, method="scorecam", layer="embed")
+
+
+def test_method_spellings_are_one_normalisation():
+    from neurocore.methods.attribution import method_name
+    from neurocore.report._run import BASELINES, _baseline_name
+
+    net, x = _net(), torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    plain = attribute(net, x, 1, method="gradcam", layer="2")
+    for spelling in ("grad-cam", "Grad-CAM", "GRADCAM"):
+        assert torch.equal(attribute(net, x, 1, method=spelling, layer="2"), plain)
+    assert [method_name(m) for m in ("score-cam", "ablation-cam", "LIME")] == ["scorecam", "ablationcam", "lime"]
+    for shown, own in BASELINES.items():
+        assert _baseline_name(shown) == _baseline_name(own) == shown
+    with pytest.raises(NeurocoreError, match=r"baselines must name .*got 'gradcam\+\+'"):
+        _baseline_name("gradcam++")
+
+
+def test_image_maps_targets_outside_the_outputs_are_refused():
+    from neurocore.report import image_maps
+
+    net = _net()
+    probe = [(torch.rand(3, 8, 8), i % 3) for i in range(3)]
+    with pytest.raises(NeurocoreError, match=r"targets .*\[0, 3\).*\[99\]"):
+        image_maps(net, "2", probe, [0, 1], targets=99, baselines=("grad-cam",), www=False)

@@ -184,3 +184,53 @@ def test_hint_flat_saliency_layer_is_refused():
     x = torch.rand(6, 3, 8, 8)
     with pytest.raises(NeurocoreError, match="no training cell of layer '0' is a responsible region"):
         hint_concept_maps(net, "0", x, torch.zeros(6, dtype=torch.long), torch.ones(6, 1), ["all"], x, "all")
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([0, 0, 30, 30], r"boxes\[1\] = \[0, 0, 30, 30\].*x0 <= x1 < W = 8"),  # outside the 8x8 image
+    ([3, 3, 0, 0], r"boxes\[1\] = \[3, 3, 0, 0\].*y0 <= y1 < H = 8"),  # inverted
+    ([-1, 0, 2, 2], r"boxes\[1\] = \[-1, 0, 2, 2\]"),  # negative
+])
+def test_boxes_outside_the_image_or_inverted_are_refused(bad, match):
+    # before the fix every one of these was scored silently
+    m = torch.zeros(4, 8, 8); m[:, :4, :4] = 1.0
+    boxes = torch.tensor([[0, 0, 3, 3], bad, [0, 0, 3, 3], [0, 0, 3, 3]])
+    with pytest.raises(NeurocoreError, match=match):
+        where_benchmark({"planted": m}, boxes, (8, 8))
+    with pytest.raises(NeurocoreError, match=match.replace("boxes", "truth")):
+        pointing_game(m, boxes, (8, 8))
+    listed = [b.reshape(1, 4) for b in boxes]
+    listed[1] = torch.tensor([[0, 0, 3, 3], bad])  # the second box of image 1
+    with pytest.raises(NeurocoreError, match=match.replace(r"boxes\[1\]", r"boxes\[1\]\[1\]")):
+        where_benchmark({"planted": m}, listed, (8, 8))
+    with pytest.raises(NeurocoreError, match=match):
+        choose_threshold(m, boxes, (8, 8))
+
+
+def test_float_boxes_and_bad_shapes_are_refused():
+    m = torch.zeros(2, 8, 8); m[:, :4, :4] = 1.0
+    with pytest.raises(NeurocoreError, match=r"boxes must be an integer .*float32.*\.long\(\)"):
+        where_benchmark({"planted": m}, torch.tensor([[0.0, 0.0, 3.0, 3.0]] * 2), (8, 8), heldout=torch.tensor([True, False]))
+    with pytest.raises(NeurocoreError, match=r"truth\[0\] must be an integer"):
+        pointing_game(m, [torch.tensor([[0.5, 0, 3, 3]]), torch.tensor([[0, 0, 3, 3]])], (8, 8))
+    with pytest.raises(NeurocoreError, match=r"truth must be .*\[N, 4\].*\(2, 3\)"):
+        pointing_game(m, torch.tensor([[0, 0, 3]] * 2), (8, 8))
+    with pytest.raises(NeurocoreError, match=r"truth_masks must be a BoolTensor\[2, 8, 8\]"):
+        where_benchmark({"planted": m}, torch.tensor([[0, 0, 3, 3]] * 2), (8, 8), heldout=torch.tensor([True, False]),
+                        truth_masks=torch.zeros(2, 4, 4, dtype=torch.bool))
+    # valid edge cases stay valid: a one-pixel box at the last pixel, an image without boxes
+    ok = [torch.tensor([[7, 7, 7, 7]]), torch.zeros(0, 4, dtype=torch.int64)]
+    assert pointing_game(m, ok, (8, 8)).tolist() == [False, False]
+
+
+def test_nan_maps_are_refused_naming_the_map_and_image():
+    m = torch.zeros(4, 8, 8); m[:, :4, :4] = 1.0
+    boxes = torch.tensor([[0, 0, 3, 3]] * 4)
+    partly = m.clone(); partly[2, 5, 5] = float("nan")
+    with pytest.raises(NeurocoreError, match=r"maps\['lime'\]\[2\] holds NaN"):
+        where_benchmark({"planted": m, "lime": partly}, boxes, (8, 8))
+    with pytest.raises(NeurocoreError, match=r"maps\[0\] holds NaN"):
+        map_boxes(torch.full((1, 4, 4), float("nan")), (8, 8))
+    with pytest.raises(NeurocoreError, match=r"maps\[3\] holds"):
+        inf = m.clone(); inf[3, 0, 0] = float("inf")
+        pointing_game(inf, boxes, (8, 8))

@@ -15,12 +15,44 @@ import numpy as np
 import torch
 from torch import nn
 
-from neurocore._errors import NeurocoreError
+from neurocore._errors import NeurocoreError, close_matches
 
 METHODS = ("gradcam", "scorecam", "ablationcam", "lime")
 _CAM_CLASSES = {"gradcam": "GradCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
+# every accepted spelling (compared case-insensitively) -> the name in METHODS
+_SPELLINGS = {**{m: m for m in METHODS}, "grad-cam": "gradcam", "score-cam": "scorecam", "ablation-cam": "ablationcam"}
 
-__all__ = ["METHODS", "attribute"]
+__all__ = ["METHODS", "attribute", "method_name"]
+
+
+def method_name(method, name: str = "method") -> str:
+    """The attribution method named by ``method``, as spelled in :data:`METHODS`.
+
+    The one normalisation of method names, shared by :func:`attribute` and
+    :func:`neurocore.report.image_maps`: the names of :data:`METHODS` and the papers' hyphenated
+    spellings (``"grad-cam"``, ``"score-cam"``, ``"ablation-cam"``), in any case (``"Grad-CAM"``).
+
+    Args:
+        method: the name to normalise.
+        name: the parameter named in the error message (default ``"method"``).
+
+    Returns:
+        str: one of :data:`METHODS`.
+
+    Raises:
+        NeurocoreError: not a string, or no accepted spelling (with close matches).
+
+    Example:
+        >>> method_name("Grad-CAM"), method_name("scorecam")
+        ('gradcam', 'scorecam')
+    """
+    if isinstance(method, str) and method.lower() in _SPELLINGS:
+        return _SPELLINGS[method.lower()]
+    near = close_matches(method.lower(), _SPELLINGS) if isinstance(method, str) else []
+    raise NeurocoreError(
+        f"{name} must name methods among {list(_SPELLINGS)} (any case); got {method!r}"
+        + (f" (close matches: {', '.join(near)})" if near else "")
+    )
 
 
 def _missing(package: str, exc: ImportError) -> NeurocoreError:
@@ -42,6 +74,41 @@ def _check(model, images, targets) -> torch.Tensor:
     if t.numel() != images.shape[0]:
         raise NeurocoreError(f"targets must hold one class index per image ({images.shape[0]}) or one for all; got {t.numel()}")
     return t
+
+
+def _check_outputs(model, images, targets, method: str, layer: str | None, module) -> None:
+    """One hooked forward pass of the first image (eval mode): ``targets`` must be indices of the model's
+    outputs, and a CAM's layer must output channels-first maps ``[B, C, H, W]`` (grad-cam's input)."""
+    from neurocore.probe._forward import hooked_forward
+    from neurocore.probe._layers import eval_mode
+    from neurocore.probe._layout import from_canonical
+
+    modules = {} if module is None else {layer: module}
+    layouts = dict.fromkeys(modules, "auto")
+    device = next((p.device for p in model.parameters()), images.device)
+    with eval_mode(model):
+        kept, _, logits = hooked_forward(model, modules, images[:1], layouts=layouts, device=device,
+                                         where="the first image (attribute's check of targets and layer)")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise NeurocoreError(f"model must return logits [B, classes] (a classifier); got {got} for one image: "
+                             "explain a classifier, or wrap the model so that it returns its class scores")
+    classes = int(logits.shape[1])
+    bad = (targets < 0) | (targets >= classes)
+    if bool(bad.any()):
+        where = bad.nonzero().reshape(-1)
+        raise NeurocoreError(
+            f"targets must be class indices in [0, {classes}) (the model's {classes} outputs); got "
+            f"{sorted(set(targets[where].tolist()))[:8]} at image(s) {where.tolist()[:8]}: pass each image's class "
+            "index among the model's outputs (negative indices are not counted from the end)"
+        )
+    if module is not None and layouts[layer] != "NCHW":
+        shape = tuple(from_canonical(kept[layer], layouts[layer]).shape)
+        tokens = " (tokens: attribute passes no reshape to grad-cam, so ViT blocks cannot be used)" if len(shape) == 3 else ""
+        raise NeurocoreError(
+            f"layer {layer!r} outputs shape {shape} for one image (layout {layouts[layer]!r}){tokens}, but {method!r} "
+            "needs spatial maps [B, C, H, W] with channels first: choose a convolutional layer, e.g. the last conv block"
+        )
 
 
 class _WithDevice(torch.nn.Module):
@@ -155,9 +222,10 @@ def attribute(
     Args:
         model: a classifier returning logits ``[B, classes]``.
         images (Tensor[B, C, H, W]): transformed model inputs.
-        targets (Tensor[B] int64, or one int for all): the class explained in each image.
-        method: one of :data:`METHODS`.
-        layer: the CAM's target layer, a dotted module name (``"layer4"``); required for CAMs, unused by LIME.
+        targets (Tensor[B] int64, or one int for all): the class explained in each image, in ``[0, classes)``.
+        method: one of :data:`METHODS`, or a spelling :func:`method_name` accepts (``"grad-cam"``, ``"Grad-CAM"``).
+        layer: the CAM's target layer, a dotted module name (``"layer4"``) whose output is a channels-first
+            map ``[B, C, H, W]``; required for CAMs, unused by LIME.
         batch_size: images per CAM pass (Score-/Ablation-CAM: masked copies per pass); LIME's perturbation batch.
         num_samples: LIME's perturbed samples per image (its default 1000).
         seed: LIME's seed (its sampler and quickshift).
@@ -169,7 +237,9 @@ def attribute(
 
     Raises:
         NeurocoreError: an unknown method, a missing ``layer`` for a CAM, a wrong layer name (with close
-            matches), bad shapes, or the ``attribution`` extra not installed.
+            matches), a layer without channels-first spatial maps (``[B, C]`` features, ``[B, T, C]`` tokens,
+            channels-last maps; checked on one hooked forward pass of the first image), targets outside
+            ``[0, classes)`` of the model's output, bad shapes, or the ``attribution`` extra not installed.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
@@ -177,8 +247,7 @@ def attribute(
         >>> maps.shape, bool(maps.min() >= 0) and bool(maps.max() <= 1)
         (torch.Size([2, 16, 16]), True)
     """
-    if method not in METHODS:
-        raise NeurocoreError(f"method must be one of {METHODS}; got {method!r}")
+    method = method_name(method)
     targets = _check(model, images, targets)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise NeurocoreError(f"batch_size must be an integer >= 1; got {batch_size!r}")
@@ -186,15 +255,18 @@ def attribute(
         return torch.zeros(0, *images.shape[2:])
     was_training = model.training
     try:
-        if method == "lime":
-            maps = _lime(model, images, targets, num_samples=num_samples, batch_size=batch_size, seed=seed,
-                         segmentation_fn=segmentation_fn, progress=progress)
-        else:
+        module = None
+        if method != "lime":
             if layer is None:
                 raise NeurocoreError(f"method {method!r} needs layer=, the name of the CAM's target layer (e.g. the last conv block)")
             from neurocore.probe._layers import resolve_layers
 
             module = resolve_layers(model, [layer])[layer]
+        _check_outputs(model, images, targets, method, layer, module)
+        if method == "lime":
+            maps = _lime(model, images, targets, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                         segmentation_fn=segmentation_fn, progress=progress)
+        else:
             maps = _cam(model, images, targets, method, module, batch_size)
     finally:
         model.train(was_training)

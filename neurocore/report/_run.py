@@ -226,12 +226,16 @@ def _predictions(model, chunks, device) -> torch.Tensor:
 
 
 def _baseline_name(name) -> str:
-    if isinstance(name, str):
-        if name in BASELINES:
-            return name
-        for shown, own in BASELINES.items():
-            if name == own:
-                return shown
+    """The page's name of a baseline, from any spelling :func:`~neurocore.methods.attribution.method_name` accepts."""
+    from neurocore.methods.attribution import method_name
+
+    try:
+        own = method_name(name, "baselines")
+    except NeurocoreError:
+        own = None
+    for shown, method in BASELINES.items():
+        if own == method:
+            return shown
     raise NeurocoreError(
         f"baselines must name methods among {list(BASELINES)}; got {name!r}"
         + (f" (close matches: {', '.join(close_matches(name, BASELINES))})" if isinstance(name, str) and close_matches(name, BASELINES) else "")
