@@ -381,7 +381,8 @@ def _add_hint_parser(sub) -> None:
                     help="a JSON file {concept: [class, ...]} for classes that are not WordNet ids")
     hp.add_argument("--target", default="auto", choices=("auto", "label", "predicted", "logit_sum", "imagenet"),
                     help="which logit the saliency differentiates: auto (ImageNet's logit of each WordNet class for a "
-                         "1000-class model, else the class label), label, predicted, logit_sum, imagenet")
+                         "1000-class model, the class label when the model has one output per class, else an "
+                         "error: choose predicted or logit_sum), label, predicted, logit_sum, imagenet")
     hp.add_argument("--saliency", choices=SALIENCY_METHODS, default="guided_backprop", help="(default: guided_backprop)")
     hp.add_argument("--classifier", choices=CLASSIFIERS, default="logistic", help="(default: logistic)")
     hp.add_argument("--contribution", choices=CONTRIBUTIONS, default="shapley", help="(default: shapley)")
@@ -396,34 +397,6 @@ def _add_hint_parser(sub) -> None:
     hp.add_argument("--batch-size", type=_int_at_least(1), default=32, help="images per pass (default: 32)")
     hp.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of every random choice (default: 0)")
     hp.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _hint_target(choice: str, classes, model, probe, transform):
-    """``--target`` as :class:`~neurocore.methods.hint.Hint`'s ``target``."""
-    import torch
-
-    from neurocore.concepts import imagenet_wnids
-    from neurocore.probe._maps import _input_tensor
-
-    if choice in ("label", "predicted", "logit_sum"):
-        return choice
-    with torch.no_grad():
-        outputs = model(_input_tensor(probe, 0, transform)[None]).shape[-1]
-    index = {w: i for i, w in enumerate(imagenet_wnids())}
-    if choice == "imagenet" or (choice == "auto" and outputs == 1000 and all(c in index for c in classes)):
-        missing = [c for c in classes if c not in index]
-        if missing or outputs != 1000:
-            raise NeurocoreError(
-                f"--target imagenet needs a 1000-class ImageNet model ({outputs} outputs) and classes that are ImageNet "
-                f"WordNet ids (not: {missing[:5]}); use --target label, predicted or logit_sum"
-            )
-        return [index[c] for c in classes]
-    if outputs != len(classes):
-        raise NeurocoreError(
-            f"--target auto: the model has {outputs} outputs but --images has {len(classes)} classes, which are not "
-            "all ImageNet ids of a 1000-class model: say which logit to explain with --target predicted or logit_sum"
-        )
-    return "label"
 
 
 def _cmd_hint(args) -> None:

@@ -76,6 +76,7 @@ def load_model(
     std: Sequence[float] | None = None,
     interpolation: str | None = None,
     crop_pct: float | None = None,
+    seed: int = 0,
 ):
     """Build a model and its preprocessing from a name or a file.
 
@@ -99,6 +100,11 @@ def load_model(
             model's own (:func:`data_config`): square input edge; per-channel mean and std (3
             numbers each, on the [0, 1] scale); resize interpolation (:data:`INTERPOLATIONS`);
             ``input_size / crop_pct`` is the edge the image is resized to before the centre crop.
+        seed: seed of the random initialisation of a model built by name (``torch.manual_seed(seed)``
+            inside ``torch.random.fork_rng()``, so the caller's random state is untouched): the same
+            name and seed give the same weights, hence the same cache keys, run after run. Always
+            applied to the build of a named model (pretrained weights then overwrite the random ones);
+            has no effect on a model read from a file. Default 0.
 
     Returns:
         ``(model, transform)``: the model in eval mode on the CPU, and a callable from a PIL image to
@@ -109,21 +115,28 @@ def load_model(
     Raises:
         NeurocoreError: an unknown name (with close matches), an unreadable or wrong kind of file,
             weights that do not fit the architecture, pretrained weights that cannot be fetched,
-            invalid preprocessing options.
+            invalid preprocessing options, a ``seed`` that is not an integer >= 0.
 
     Example:
         >>> model, transform = load_model("resnet18", pretrained=False, input_size=64)
         >>> import PIL.Image
         >>> transform(PIL.Image.new("RGB", (80, 100))).shape
         torch.Size([3, 64, 64])
+        >>> again, _ = load_model("resnet18", pretrained=False, input_size=64)
+        >>> torch.equal(model.fc.weight, again.fc.weight)  # seed 0 both times: the same random model
+        True
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise NeurocoreError(f"seed must be an integer >= 0 (of the random initialisation); got {seed!r}")
     overrides = _preprocessing_overrides(input_size, mean, std, interpolation, crop_pct)
     library, name = _split_spec(spec)
     if library == "file":
         model = load_model_file(name)
         own = None
     else:
-        model, own = build_model(spec, pretrained=pretrained and weights is None)
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+            torch.manual_seed(seed)
+            model, own = build_model(spec, pretrained=pretrained and weights is None)
     if weights is not None:
         load_weights(model, weights, key_map=key_map)
     elif key_map is not None:

@@ -95,6 +95,11 @@ def test_explain_runs_every_method_over_one_recording_into_one_report(explained)
     assert "Simulation scores" in page and "simulation" in stdout
     # --heatmap-images: per image, WWW's heatmaps beside the baselines in the one report, and in WWW's page
     assert page.count("class='ex image-maps'") == 2 and "heatmap similarity: " in stdout
+    # the heatmap images are spread over the probe, not its first class folder only
+    import re
+
+    shown = re.findall(r"<div class='meta'>([a-z]+)/[^ <]+ · class", page)
+    assert len(shown) == 2 and len(set(shown)) == 2, shown
     # --probe-sizes: the probe-size effect on CLIP-Dissect's labels, n = 6, 12 and all 24 (100 > 24 dropped)
     assert "probe-size effect on CLIP-Dissect" in page
     section = page[page.index("probe-size effect on CLIP-Dissect"):]

@@ -220,3 +220,22 @@ def test_weights_that_are_not_torch_files_say_so(tmp_path, content):
     with pytest.raises(NeurocoreError, match="not a file written by torch.save") as info:
         read_state_dict(path)
     assert "weights_only=False" not in str(info.value)
+
+
+def test_random_init_is_seeded_and_leaves_the_callers_random_state_alone():
+    from neurocore.models import load_model
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a, _ = load_model("resnet18", pretrained=False)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
+    b, _ = load_model("resnet18", pretrained=False, seed=0)
+    c, _ = load_model("resnet18", pretrained=False, seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # default seed 0: same model
+    assert not torch.equal(sa["conv1.weight"], sc["conv1.weight"])  # another seed: another model
+    t1, _ = load_model("timm:resnet10t", pretrained=False, seed=3)
+    t2, _ = load_model("timm:resnet10t", pretrained=False, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(t1.state_dict().values(), t2.state_dict().values()))
+    with pytest.raises(NeurocoreError, match="seed must be an integer >= 0"):
+        load_model("resnet18", pretrained=False, seed=-1)

@@ -329,3 +329,34 @@ def test_cli_engine_ray_with_a_vlm_encodes_on_shards_and_matches_local(cluster, 
     b = pd.read_csv(tmp_path / "ray" / "explanations.csv")
     pd.testing.assert_frame_equal(a, b)
     assert any(p.name.startswith("image_embeddings-") for p in (tmp_path / "c").iterdir())
+
+
+def test_ray_text_embeddings_use_the_driver_thread_count(cluster, tmp_path_factory):
+    import json
+
+    import open_clip
+
+    from neurocore.vlm import OpenClip
+
+    # wider than TINY (width 128): its text matmuls split their sums by the torch thread count
+    config = {"embed_dim": 64,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 1}}
+    path = tmp_path_factory.mktemp("open_clip_wide") / "neurocore-test-wide-ray.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        wide = OpenClip("neurocore-test-wide-ray", batch_size=3)
+    texts = [f"concept number {i}" for i in range(10)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = embed_texts(wide, texts, progress=False)
+        torch.set_num_threads(4)
+        local = embed_texts(wide, texts, progress=False)
+        assert not torch.equal(one, local)  # the thread count changes the last bits: the check below can fail
+        assert torch.equal(embed_texts(wide, texts, engine="ray", shards=2, progress=False), local)
+    finally:
+        torch.set_num_threads(before)

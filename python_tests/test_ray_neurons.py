@@ -200,3 +200,28 @@ def test_hint_method_on_ray_equals_local_and_labels_the_planted_colours(cluster)
     assert [(n.concepts, n.scores, n.label) for n in dist] == [(n.concepts, n.scores, n.label) for n in local]
     assert dist.params == local.params and torch.equal(method.phi_["colours"], one.phi_["colours"])
     assert [n.label for n in dist] == list(world.colours)
+
+
+# ---- the tasks compute with the driver's torch threads ----------------------------------------------
+
+
+def _matmul_rows(units, shared):
+    a, b = shared
+    return a[units.start : units.stop] @ b  # a long inner dimension: the sum splits by the thread count
+
+
+def test_ray_tasks_use_the_driver_thread_count_so_matmuls_equal_local(cluster):
+    g = torch.Generator().manual_seed(0)
+    shared = (torch.randn(16, 4096, generator=g), torch.randn(4096, 64, generator=g))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = map_neuron_ranges(_matmul_rows, 16, shared, engine="local")[0][1]
+        torch.set_num_threads(4)
+        local = map_neuron_ranges(_matmul_rows, 16, shared, engine="local")[0][1]
+        assert not torch.equal(one, local)  # the thread count changes the last bits: the check below can fail
+        for shards in (1, 2):
+            dist = torch.cat([r for _, r in map_neuron_ranges(_matmul_rows, 16, shared, shards=shards)])
+            assert torch.equal(dist, local)
+    finally:
+        torch.set_num_threads(before)

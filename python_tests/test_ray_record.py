@@ -254,3 +254,45 @@ def test_pack_ships_tensors_out_of_band_and_rebuilds_them_exactly():
     x = torch.rand(2, 3, 8, 8)
     assert not torch.equal(copy(x), net(x))
     assert torch.equal(_unpack(_pack(net))(x), net(x))
+
+
+class WideNet(nn.Module):
+    """A linear layer with a long inner dimension (3·32·32): its sums split by the torch thread count."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3 * 32 * 32, 64)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class _Tensors(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], 0
+
+    def fingerprint(self):
+        return "wide-probe-v1"
+
+
+def test_ray_record_tasks_use_the_driver_thread_count(cluster, tmp_path):
+    model, probe = WideNet(), _Tensors(32)
+    kw = dict(batch_size=16, chunk_size=16, progress=False)  # 16 rows: a matmul the kernels split by threads
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = record(model, ["fc"], probe, **kw)["fc"].summaries
+        torch.set_num_threads(4)
+        local = record(model, ["fc"], probe, **kw)["fc"].summaries
+        assert not torch.equal(one, local)  # the thread count changes the last bits: the check below can fail
+        dist = record(model, ["fc"], probe, engine="ray", shards=2, cache_dir=tmp_path, **kw)["fc"].summaries
+        assert torch.equal(dist, local)
+    finally:
+        torch.set_num_threads(before)

@@ -194,3 +194,23 @@ def test_example_config_is_valid():
     cfg = load_sweep_config(Path(__file__).resolve().parents[1] / "examples" / "sweep.yaml")
     assert len(cfg.cells) == 8 and cfg.labels and cfg.annotations.endswith("val_annotations.txt")
     _preflight(cfg)  # builds each model (random weights) and checks its layer names
+
+
+def test_random_init_model_is_the_same_in_every_run_and_reuses_its_recording(world):
+    """``random_init: true``: the model is drawn with the sweep's seed, so a rerun with a changed method
+    setting records nothing again (the same weights, the same recording cache key)."""
+    raw = {"models": [{"name": "resnet18", "id": "r18", "random_init": True, "input_size": 24}],
+           "layers": {"r18": ["layer1"]},
+           "methods": [{"linear": {"max_length": 2}}], "probe": "probe", "labels": True, "out": "rand1",
+           "cache_dir": "rand-cache", "batch_size": 8, "seed": 0, "engine": "local"}
+    first_run = run_sweep(sweep_config(raw, world), progress=False)
+    assert first_run.ok
+    cache = world / "rand-cache"
+    files = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    assert files
+    changed = {**raw, "out": "rand2", "methods": [{"linear": {"max_length": 1}}]}
+    second = run_sweep(sweep_config(changed, world), progress=False)
+    assert second.ok and list(second.table["status"]) == ["ran"]
+    after = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    assert after == files  # no new recording key: the same random model, its recording reused as it was
+    assert (first_run.table["dead"] == second.table["dead"]).all()

@@ -126,7 +126,7 @@ def add_explain_parser(sub) -> argparse.ArgumentParser:
                          "(default: 100 200 500 1000, sizes at or above the probe's dropped)")
     rg.add_argument("--report-neurons", type=at_least(0), metavar="N", help="neurons per layer with images in the reports (default: 64)")
     rg.add_argument("--report-images", type=at_least(0), metavar="N", help="top images per neuron in the reports (default: 5)")
-    ep.add_argument("--seed", type=at_least(0), help="seed of the methods that draw at random (default: each method's, 0)")
+    ep.add_argument("--seed", type=at_least(0), help="seed of the methods that draw at random and of --random-init weights (default: 0)")
     ep.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
     ep.add_argument("--weights", metavar="FILE", help="state dict file to load into the model")
     ep.add_argument("--key-map", metavar="MAP", help="as for 'neurocore dissect' (e.g. order)")
@@ -426,6 +426,7 @@ def cmd_explain(args) -> None:
     model, transform = cli.load_model(
         args.model, args.weights, pretrained=not args.random_init, key_map=key_map, input_size=args.input_size,
         mean=args.mean, std=args.std, interpolation=args.interpolation, crop_pct=args.crop_pct,
+        seed=args.seed if args.seed is not None else 0,  # --random-init: the same random model run after run
     )
     if device is not None:
         model = model.to(device)
@@ -437,7 +438,12 @@ def cmd_explain(args) -> None:
         for n in own_vlm:
             methods[n].vlm = vlm
     if "hint" in methods and "target" not in sets["hint"]:
-        methods["hint"].target = cli._hint_target(args.target or "auto", probe.classes, model, probe, transform)
+        from neurocore.methods.hint import resolve_target
+
+        try:  # resolved before recording, so that a wrong choice fails fast
+            methods["hint"].target = resolve_target(args.target or "auto", model, probe, transform)
+        except NeurocoreError as err:
+            raise NeurocoreError(f"--target {args.target or 'auto'}: {err}") from None
     run = run_methods(
         model, args.layers, probe, methods, scores=given, concepts=concept_names,
         vlm=vlm if concept_names is not None else None, labels=bool(args.labels and readers),
@@ -612,8 +618,10 @@ def _hint_outputs(ctx, name, folder: Path, *, flat: bool):
 
 
 def _www_heatmaps(model, layer, probe, transform, count, batch_size, device, progress):
-    """The first ``count`` images' class and sample heatmaps; class importance over the whole folder, each
-    image counted for its predicted class (the folder's classes need not be the model's)."""
+    """``count`` images' class and sample heatmaps (spread evenly over the folder); class importance over the
+    whole folder, each image counted for its predicted class (the folder's classes need not be the model's)."""
+    import torch
+
     from neurocore.methods.www import image_heatmaps
     from neurocore.probe._maps import _input_tensor
     from neurocore.report import HeatmapExample
@@ -621,7 +629,8 @@ def _www_heatmaps(model, layer, probe, transform, count, batch_size, device, pro
 
     preds, ci = _predicted_class_importance(model, layer, probe, transform=transform, batch_size=batch_size,
                                             device=device, progress=progress)
-    idx = list(range(min(count, len(probe))))
+    # spread evenly over the probe (a class-folder probe lists one class after another)
+    idx = torch.linspace(0, len(probe) - 1, min(count, len(probe))).round().long().unique().tolist()
     subset = [(_input_tensor(probe, i, transform), int(preds[i])) for i in idx]
     res = image_heatmaps(model, layer, subset, ci, batch_size=batch_size, device=device, keep_heatmaps=True)
     return [HeatmapExample(subset[j][0], res.class_heatmaps[j], res.sample_heatmaps[j], float(res.similarity[j]),
@@ -698,15 +707,20 @@ METHOD_OUTPUTS = {"hint": _hint_outputs, "www": _www_outputs}  # every other met
 
 
 def _image_maps(ctx, names):
-    """``--heatmap-images N``: WWW's heatmaps beside the attribution baselines for the first N probe images."""
+    """``--heatmap-images N``: WWW's heatmaps beside the attribution baselines for N probe images, spread
+    evenly over the probe."""
     from neurocore.report import image_maps
 
     args, run = ctx.args, ctx.run
     layer = args.heatmap_layer or args.layers[-1]
     if layer not in args.layers:
         raise NeurocoreError(f"--heatmap-layer {layer!r} is not among --layers {' '.join(args.layers)}")
-    indices = run.store.dataset_indices[: args.heatmap_images].tolist() if run.store.dataset_indices is not None \
-        else list(range(min(args.heatmap_images, run.store.num_images)))
+    # Spread over the probe (a class-folder probe lists one class after another: the first N would be one class).
+    import torch
+
+    n = run.store.num_images
+    picks = torch.linspace(0, n - 1, min(args.heatmap_images, n)).round().long().unique()
+    indices = (run.store.dataset_indices[picks] if run.store.dataset_indices is not None else picks).tolist()
     try:
         return image_maps(run.model, layer, run.probe, indices, transform=run.transform, batch_size=args.batch_size or 32,
                           device=ctx.device, progress=ctx.progress)

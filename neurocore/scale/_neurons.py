@@ -17,6 +17,9 @@ Results equal the one-process run bit for bit when the job's output for a unit d
 unit and ``shared`` (never on which other units share its range): the local engine runs the same job
 over the single range ``range(num)``. Each method documents how it meets this; see
 :class:`~neurocore.methods.LinearExplanations` and :func:`~neurocore.methods.hint.shapley_contributions`.
+Every task computes with the driver's torch thread count
+(:func:`~neurocore.scale._ray.driver_threads`; the kernels' sums split by it) and reserves as many
+Ray CPUs (at most a node's).
 Equality assumes the same CPU type on the driver and the workers: the kernels pick an instruction-set
 variant (AVX2, AVX-512) per CPU, and a multi-node cluster of mixed CPUs may differ in the last bits.
 """
@@ -28,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from neurocore._errors import NeurocoreError
-from neurocore.scale._ray import _ensure_ray, shard_chunks
+from neurocore.scale._ray import _ensure_ray, _task_cpus, driver_threads, shard_chunks, task_threads
 
 ENGINES = ("local", "ray")
 
@@ -104,8 +107,9 @@ def neuron_ranges(num: int, shards: int, block: int = 1) -> list[range]:
     return [range(r.start * block, min(r.stop * block, num)) for r in runs]
 
 
-def _range_task(job, units, shared):
-    return job(units, shared)
+def _range_task(job, units, shared, threads):
+    with task_threads(threads):  # the driver's torch threads: the kernels' sums split as locally
+        return job(units, shared)
 
 
 def map_neuron_ranges(
@@ -122,8 +126,8 @@ def map_neuron_ranges(
 ) -> list[tuple[range, Any]]:
     """Run ``job(units, shared)`` over contiguous ranges of ``range(num)``; results in range order.
 
-    ``engine="ray"``: one Ray task (one CPU) per range of :func:`neuron_ranges`, ``shared`` sent once
-    through Ray's object store; a bar (``progress``) counts finished ranges. ``engine="local"``: one call
+    ``engine="ray"``: one Ray task (the driver's torch threads, as many Ray CPUs) per range of
+    :func:`neuron_ranges`, ``shared`` sent once through Ray's object store; a bar (``progress``) counts finished ranges. ``engine="local"``: one call
     ``job(range(0, num), shared)`` in this process (no Ray needed). See the module docstring for when the
     two are equal bit for bit.
 
@@ -165,9 +169,10 @@ def map_neuron_ranges(
     if shards is None:
         shards = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ranges = neuron_ranges(num, shards, block)
-    task = ray.remote(num_cpus=1, max_retries=0)(_range_task)
+    task = ray.remote(num_cpus=_task_cpus(ray), max_retries=0)(_range_task)
     shared_ref = ray.put(shared)  # sent once, read by every task
-    refs = [task.remote(job, units, shared_ref) for units in ranges]
+    threads = driver_threads()
+    refs = [task.remote(job, units, shared_ref, threads) for units in ranges]
     position = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
     from tqdm.auto import tqdm

@@ -23,10 +23,12 @@ How it works (``record(..., engine="ray")``):
 Costs against one process (``benchmarks/bench_ray.py``): the driver hashes the weights once (the cache
 key, sent to the tasks), pickles the model and probe once into the object store (``ray.put``; the
 tensors' bytes go in as they are, which is several times faster than torch's own pickling), each task
-unpacks them (one copy of each tensor) and runs its shard with one thread (two workers on two cores do
-the work of one process with two threads), and the reader loads the chunk files. Starting the workers (a Python
-process importing torch and neurocore each) is a one-off cost of a new cluster: Ray keeps its worker
-processes and reuses them for later tasks.
+unpacks them (one copy of each tensor) and runs its shard with the driver's torch thread count
+(:func:`driver_threads`: the kernels' sums then split as in the local run), and the reader loads the
+chunk files. A CPU task reserves as many Ray CPUs as it runs threads, so the tasks on a node of C
+cores run C // threads at a time (no oversubscription). Starting the workers (a Python process
+importing torch and neurocore each) is a one-off cost of a new cluster: Ray keeps its worker processes
+and reuses them for later tasks.
 
 Each forward pass sees the images it would see in one process when ``chunk_size`` is a multiple of
 ``batch_size`` (batches are cut at multiples of ``batch_size`` from the shard's first index, unreadable
@@ -40,6 +42,7 @@ reader finds was checked in this run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 
@@ -123,12 +126,74 @@ def _check_shards(shards) -> None:
         raise NeurocoreError(f"shards must be an integer >= 1 or None (one per Ray CPU or GPU); got {shards!r}")
 
 
+def driver_threads() -> int:
+    """The torch intra-op thread count every Ray task of this process computes with: the driver's own
+    (``torch.get_num_threads()``), sent in the task's settings and applied by :func:`task_threads`.
+
+    CPU kernels (matmul, convolution, reductions) split their work by the thread count, and the sum order
+    follows the split: one thread and N threads may differ in the last bits. Ray starts its workers with
+    ``OMP_NUM_THREADS`` set to the task's CPU reservation (1), so without this a task would compute with
+    one thread and differ from the local run. A CPU task reserves as many Ray CPUs as it runs threads
+    (at most a node's CPUs), so tasks sharing a node never run more threads than it has cores; on a
+    node of C CPUs, C // threads tasks run at once. For more, smaller tasks lower the driver's count
+    with ``torch.set_num_threads`` (the results then equal a local run with that count).
+
+    Returns:
+        int >= 1, the driver's ``torch.get_num_threads()``.
+
+    Example:
+        >>> driver_threads() == torch.get_num_threads()
+        True
+    """
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def task_threads(threads: int):
+    """Inside a Ray task: compute with ``threads`` torch intra-op threads (the driver's,
+    :func:`driver_threads`), restoring the worker's own count afterwards (Ray reuses its workers).
+    Shared by the three Ray engines: recording, VLM encoding and per-neuron method work.
+
+    Args:
+        threads: int >= 1, the driver's thread count sent in the task's settings.
+
+    Raises:
+        NeurocoreError: ``threads`` not an integer >= 1.
+
+    Example:
+        >>> before = torch.get_num_threads()
+        >>> with task_threads(1):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise NeurocoreError(f"threads must be an integer >= 1 (the driver's torch.get_num_threads()); got {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _placement(ray, gpu: bool, shards: int | None) -> tuple[int, dict]:
     """``(shards, Ray task options)``: None shards -> one per GPU (work on CUDA) or CPU of the cluster;
-    a task takes one GPU (and no CPU slot) or one CPU. Shared by the recording and the VLM encoding."""
+    a task takes one GPU (and no CPU slot) or the CPUs its threads use (:func:`_task_cpus`). Shared by
+    the recording and the VLM encoding."""
     if shards is None:
         shards = max(1, int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)))
-    return shards, {"num_gpus": 1 if gpu else 0, "num_cpus": 0 if gpu else 1, "max_retries": 2}
+    return shards, {"num_gpus": 1 if gpu else 0, "num_cpus": 0 if gpu else _task_cpus(ray), "max_retries": 2}
+
+
+def _task_cpus(ray) -> int:
+    """Ray CPUs a CPU task reserves: its torch threads (:func:`driver_threads`), at most the CPUs of the
+    largest node (a task asking for more could never be placed). Reserving them keeps tasks that share a
+    node from running more threads than it has cores (OpenMP threads that wait on a busy core spin)."""
+    largest = max((int(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive", True)),
+                  default=1)
+    return max(1, min(driver_threads(), largest))
 
 
 # -- shipping the model and the probe -----------------------------------------------------------------
@@ -220,10 +285,15 @@ def _shard_job(model, layers, probe, chunks, settings):
     """Record chunks ``chunks`` (a range) of the probe into the cache; returns the number of chunks written.
     ``model`` and ``probe`` arrive packed (:func:`_pack`)."""
     model, probe = _unpack(model), _unpack(probe)
+    with task_threads(settings["threads"]):
+        return _record_shard(model, layers, probe, chunks, settings)
+
+
+def _record_shard(model, layers, probe, chunks, settings):
     from neurocore.probe._cache import LayerCache
     from neurocore.probe._layers import eval_mode, layer_summaries, model_device, resolve_layers
     from neurocore.probe._layout import layer_layouts
-    torch.set_num_threads(settings["threads"])
+
     modules = resolve_layers(model, layers)
     names = list(modules)
     summaries = layer_summaries(settings["summary"], names)
@@ -343,7 +413,7 @@ def record_ray(model, layers, probe, *, shards, address, record_kwargs):
         settings = {
             "summary": kw["summary"], "layout": kw["layout"], "transform": transform, "transform_key": transform_key,
             "chunk_size": chunk_size, "batch_size": batch_size, "cache_dir": str(kw["cache_dir"]),
-            "num_workers": kw["num_workers"], "threads": 1 if not gpu else torch.get_num_threads(),
+            "num_workers": kw["num_workers"], "threads": driver_threads(),
             "base_key": base_key,
         }
         task = ray.remote(**options)(_shard_job)

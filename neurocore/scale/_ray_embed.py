@@ -6,9 +6,10 @@ How it works (``embed_images(..., engine="ray")``):
 1. The probe's dataset indices are cut into ``chunk_size`` chunks (the unit written to disk and of
    resumption) and the chunks into ``shards`` contiguous runs (:func:`~neurocore.scale.shard_chunks`).
 2. The vision–language model and the probe go into Ray's object store once; one Ray task per run
-   (one GPU each when the model is on CUDA, else one CPU, as ``record(..., engine="ray")`` places
-   them) reads its images with :func:`neurocore.probe.iter_batches` (the local loop: batches cut at
-   multiples of ``batch_size`` from the run's first index, unreadable images dropped from their
+   (one GPU each when the model is on CUDA, else as many CPUs as the driver's torch threads, as
+   ``record(..., engine="ray")`` places them; every task computes with the driver's thread count,
+   :func:`~neurocore.scale._ray.driver_threads`) reads its images with
+   :func:`neurocore.probe.iter_batches` (the local loop: batches cut at multiples of ``batch_size`` from the run's first index, unreadable images dropped from their
    batch and listed), encodes them and writes each finished chunk atomically to
    ``cache_dir/image_embeddings-<key digest>.chunks/chunk-<c>.pt``, keyed (inside the file) by the
    embeddings' cache key, the chunk and the batch and chunk sizes.
@@ -22,7 +23,7 @@ the model's own text batch (``vlm.batch_size``, 256 when it has none) as the chu
 
 Bit for bit: every batch holds the images it holds in one process when ``chunk_size`` is a multiple
 of ``batch_size`` (then every run starts on a batch edge), and the embeddings are then equal bit for
-bit to the local ones on the same kind of device. Otherwise the batches around run edges are cut
+bit to the local ones on the same kind of device (and CPU type). Otherwise the batches around run edges are cut
 differently, and rows agree only up to the batch-size dependence of the model's kernels (a few ulp
 on CPU). Texts are always cut at the local batches.
 
@@ -42,7 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from neurocore._errors import NeurocoreError
-from neurocore.scale._ray import _check_shards, _ensure_ray, _placement, _Prefix, shard_chunks
+from neurocore.scale._ray import (
+    _check_shards, _ensure_ray, _placement, _Prefix, driver_threads, shard_chunks, task_threads,
+)
 
 
 def _chunk_path(folder: Path, c: int) -> Path:
@@ -61,13 +64,19 @@ def _chunk_key(key: dict, c: int, settings: dict) -> dict:
     return {**key, "chunk": c, **{k: settings[k] for k in ("chunk_size", "batch_size")}}
 
 
+def _threaded_job(job, vlm, data, chunks: range, settings: dict) -> int:
+    """A Ray task: ``job`` with the driver's torch threads (``settings["threads"]``)."""
+    with task_threads(settings["threads"]):
+        return job(vlm, data, chunks, settings)
+
+
 def _run_shards(ray, job, runs, shared, settings, options, progress: bool, what: str) -> None:
     """Launch ``job(*shared, run, settings)`` for every run and wait; a worker's error surfaces here."""
     from tqdm.auto import tqdm
 
-    task = ray.remote(**options)(job)
+    task = ray.remote(**options)(_threaded_job)
     refs = [ray.put(x) for x in shared]  # sent once, shared by every task
-    pending = [task.remote(*refs, r, settings) for r in runs]
+    pending = [task.remote(job, *refs, r, settings) for r in runs]
     with tqdm(total=len(pending), unit="shard", desc=f"{what} (ray)", disable=not progress) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -79,12 +88,12 @@ def _encode_chunks(job, vlm, data, folder: Path, key: dict, num_chunks: int, set
                    progress: bool, what: str, desc: str) -> list[dict]:
     """Every chunk's payload in order, encoding on Ray the shards that hold a chunk not yet in ``folder``
     (finished chunks of an earlier run are kept): ``job(vlm, data, run, settings)`` per shard, with
-    ``settings`` completed by the folder, the key and the torch threads of a task (all of this process's
-    on a GPU, else 1). Shared by the images and the texts."""
+    ``settings`` completed by the folder, the key and the torch threads of a task (this process's,
+    :func:`~neurocore.scale._ray.driver_threads`). Shared by the images and the texts."""
     ray = _ensure_ray(address)
     gpu = torch.device(vlm.device).type == "cuda"
     shards, options = _placement(ray, gpu, shards)
-    settings = {"folder": str(folder), "key": key, **settings, "threads": torch.get_num_threads() if gpu else 1}
+    settings = {"folder": str(folder), "key": key, **settings, "threads": driver_threads()}
     loaded = {c: _load_chunk(folder, c, _chunk_key(key, c, settings)) for c in range(num_chunks)}
     runs = [r for r in shard_chunks(num_chunks, shards) if any(loaded[c] is None for c in r)]
     if runs:
@@ -126,7 +135,6 @@ def _image_shard_job(vlm, probe, chunks: range, settings: dict) -> int:
     from neurocore.probe import iter_batches
     from neurocore.vlm._embed import _check_embeddings, _PILOnly, _write_cache
 
-    torch.set_num_threads(settings["threads"])
     folder, key, cs = Path(settings["folder"]), settings["key"], settings["chunk_size"]
     n = len(probe)
     first = next((c for c in chunks if _load_chunk(folder, c, _chunk_key(key, c, settings)) is None), None)
@@ -241,7 +249,6 @@ def _text_shard_job(vlm, prompts, chunks: range, settings: dict) -> int:
     """Encode text batches ``chunks`` into their chunk files; returns the chunks written."""
     from neurocore.vlm._embed import _encode_text_batch, _write_cache
 
-    torch.set_num_threads(settings["threads"])
     folder, key, cs = Path(settings["folder"]), settings["key"], settings["chunk_size"]
     written = 0
     for c in chunks:

@@ -67,7 +67,8 @@ class SweepModel:
             name, or a model file's stem).
         name: a torchvision/timm model name or a model file (absolute path).
         weights: a state dict file (absolute path) or None. key_map: ``"order"``, ``"strip:PREFIX"`` or None.
-        random_init: do not fetch pretrained weights for a name.
+        random_init: do not fetch pretrained weights for a name: random weights drawn with the sweep's
+            ``seed`` (the same model, hence the same recording cache, in every run and cell).
         input_size, mean, std, interpolation, crop_pct: preprocessing overrides (None: the model's own).
     """
 
@@ -653,6 +654,7 @@ def _run_group(task: Mapping[str, Any]) -> list[dict]:
             model_spec.name, model_spec.weights, pretrained=not model_spec.random_init, key_map=model_spec.key_map,
             input_size=model_spec.input_size, mean=model_spec.mean, std=model_spec.std,
             interpolation=model_spec.interpolation, crop_pct=model_spec.crop_pct,
+            seed=config.seed,  # random_init: every cell of this model gets the same random weights (and cache keys)
         )
         if config.device is not None:
             model = model.to(config.device)
@@ -845,7 +847,8 @@ def _preflight(config: SweepConfig) -> None:
     for m in config.models:
         try:
             model, _ = load_model(m.name, m.weights, pretrained=not m.random_init, key_map=m.key_map, input_size=m.input_size,
-                                  mean=m.mean, std=m.std, interpolation=m.interpolation, crop_pct=m.crop_pct)
+                                  mean=m.mean, std=m.std, interpolation=m.interpolation, crop_pct=m.crop_pct,
+                                  seed=config.seed)
         except NeurocoreError as exc:
             raise NeurocoreError(f"sweep config: models entry {m.id!r}: {exc}") from None
         names = [n for n, _ in model.named_modules() if n]
