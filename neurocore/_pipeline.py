@@ -312,9 +312,8 @@ def check_settings(methods: Mapping[str, Any], num_images: int) -> int:
     """
     need = 1
     for m in methods.values():
-        for check in ("_check", "_check_settings", "_settings"):  # each method's validation, run before recording
-            if callable(getattr(m, check, None)):
-                getattr(m, check)()
+        if callable(getattr(m, "check_settings", None)):  # the method contract's validation, before recording
+            m.check_settings()
         if callable(getattr(m, "required_top_k", None)):
             need = max(need, int(m.required_top_k(num_images)))
             continue

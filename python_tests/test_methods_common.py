@@ -21,6 +21,8 @@ import pkgutil
 from dataclasses import fields
 
 import pytest
+
+from neurocore import NeurocoreError
 import torch
 
 import neurocore.methods
@@ -85,6 +87,10 @@ def test_contract_surface(name):
     assert not any(p.kind == p.VAR_KEYWORD for p in init.values()), "settings are explicit keywords"
     params = inspect.signature(cls.explain).parameters
     assert {"model", "probe", "transform", "progress", "layers"} <= set(params)
+    cls().check_settings()  # the contract's validation: the defaults pass it
+    first = next(n for n, p in init.items() if n != "self" and isinstance(p.default, int) and not isinstance(p.default, bool))
+    with pytest.raises(NeurocoreError):  # and a setting of the wrong type fails it, before any work
+        cls(**{first: object()}).check_settings()
 
 
 @pytest.mark.parametrize("name", METHODS)

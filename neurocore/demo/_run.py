@@ -156,7 +156,7 @@ def run_demo(
         raise NeurocoreError(f"seed must be an integer >= 0; got {seed!r}")
     similarity = _similarity_keyword("wpmi" if similarity is None and method is None else similarity, method)
     explainer = ClipDissect(similarity=similarity)
-    explainer._settings()  # bad settings fail here, before the training
+    explainer.check_settings()  # bad settings fail here, before the training
 
     seconds: dict[str, float] = {}
     clock = time.perf_counter()

@@ -11,6 +11,9 @@ The contract (STYLE.md §2). A method is a class that
   image–concept matrix only (CLIP-Dissect, Linear Explanations); methods that run the network
   (HINT, WWW: layer gradients, spatial maps, crops) add ``"model"``, ``"probe"`` and, when the probe
   yields PIL images, ``"transform"``;
+* validates its settings in ``check_settings()`` (no work; raises :class:`~neurocore.NeurocoreError`
+  naming the setting), which ``explain`` calls and :func:`neurocore.run_methods` calls for every method
+  before recording;
 * has one verb::
 
       explain(store, scores, layers=None, *, model=None, probe=None, transform=None, progress=False) -> Explanations

@@ -679,6 +679,11 @@ class ClipDissect:
             return SOFT_WPMI_INTERPRETABLE_THRESHOLD if self.similarity == "soft_wpmi" else None
         return None if t is None else _number("ClipDissect", "interpretable_threshold", t)
 
+    def check_settings(self) -> None:
+        """Validate the settings (the method contract's check, run by ``explain`` and, before recording, by
+        :func:`neurocore.run_methods`); raises :class:`~neurocore.NeurocoreError` naming the setting."""
+        self._settings()
+
     def _settings(self) -> dict[str, Any]:
         sim = self.similarity_params()
         for name in ("n_top_concepts", "n_top_images", "composite_top_n"):

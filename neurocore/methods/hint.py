@@ -763,6 +763,12 @@ class Hint:
         check_engine(self.engine, self.shards, self.address, "Hint")
         return {"engine": self.engine, "shards": self.shards, "address": self.address}
 
+    def check_settings(self) -> None:
+        """Validate the settings, engine ones included (the method contract's check, run by ``explain`` and,
+        before recording, by :func:`neurocore.run_methods`); raises :class:`~neurocore.NeurocoreError`."""
+        self._settings()
+        self._engine()
+
     def _settings(self) -> dict:
         if self.saliency not in SALIENCY_METHODS:
             raise NeurocoreError(f"saliency must be one of {SALIENCY_METHODS}; got {self.saliency!r}")
@@ -929,8 +935,7 @@ def hint(model, layers, probe, scores, *, transform=None, batch_size: int = 64, 
 
     names = [layers] if isinstance(layers, str) else list(layers)
     method = Hint(**settings)
-    method._settings()
-    method._engine()
+    method.check_settings()
     store = record(model, names, probe, transform=transform, batch_size=batch_size, progress=progress)
     if not scores.image_ids and store.image_ids:
         from dataclasses import replace

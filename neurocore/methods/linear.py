@@ -257,7 +257,7 @@ class LinearExplanations:
                 unknown layers, non-finite activations, a bad split, no concept passing the filter,
                 or invalid settings.
         """
-        self._check_settings()
+        self.check_settings()
         if not isinstance(store, ActivationStore):
             raise NeurocoreError(
                 f"store must be an ActivationStore (from neurocore.probe.record or ActivationStore.from_tensor); "
@@ -324,7 +324,9 @@ class LinearExplanations:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _check_settings(self) -> None:
+    def check_settings(self) -> None:
+        """Validate the settings (the method contract's check, run by ``explain`` and, before recording, by
+        :func:`neurocore.run_methods`); raises :class:`~neurocore.NeurocoreError` naming the setting."""
         checks = [
             ("lam", self.lam, isinstance(self.lam, (int, float)) and self.lam >= 0, "a number >= 0"),
             ("eta", self.eta, isinstance(self.eta, (int, float)) and 0 <= self.eta <= 1, "a number in [0, 1]"),

@@ -128,7 +128,9 @@ class WWW:
         self.cache_dir = cache_dir
         self.batch_size = batch_size
 
-    def _check(self) -> None:
+    def check_settings(self) -> None:
+        """Validate the settings (the method contract's check, run by ``explain`` and, before recording, by
+        :func:`neurocore.run_methods`); raises :class:`~neurocore.NeurocoreError` naming the setting."""
         if isinstance(self.n_images, bool) or not isinstance(self.n_images, int) or self.n_images < 1:
             raise NeurocoreError(f"n_images must be an integer >= 1 (WWW: 40); got {self.n_images!r}")
         for name in ("alpha_major", "alpha_minor"):
@@ -187,7 +189,7 @@ class WWW:
         from neurocore.concepts import ConceptScores, load_concepts
         from neurocore.probe import ActivationStore
 
-        self._check()
+        self.check_settings()
         if not isinstance(store, ActivationStore):
             raise NeurocoreError(f"store must be an ActivationStore (from neurocore.probe.record); got {type(store).__name__}")
         names = _layers(store, layers)
